@@ -1,0 +1,214 @@
+"""The `efficientllm` command line: a plain dict of subcommands, each a function of its own arguments.
+
+`COMMANDS` maps a name to `fn(argv: list[str]) -> int` (an exit code); each command parses its own argv,
+so adding one is a function plus a dict entry. Commands import what they need when they run, so
+`efficientllm --help` and `efficientllm sql` never import torch.
+
+    efficientllm sql "SELECT rank, cell, quality_value, al_s_vs_mha FROM leaderboard_pretrain"
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any, TextIO
+
+Command = Callable[[list[str]], int]
+"""A subcommand: takes the arguments after its name, returns the process exit code."""
+
+EXIT_USAGE = 2
+"""Exit code for bad input: bad SQL, a write statement, a corrupt row file, bad flags."""
+
+_NUMERIC_TYPES = frozenset(
+    "TINYINT SMALLINT INTEGER BIGINT HUGEINT UTINYINT USMALLINT UINTEGER UBIGINT UHUGEINT FLOAT DOUBLE".split()
+)
+
+
+def _one_line(error: BaseException) -> str:
+    """An error message on one line (DuckDB adds a `LINE 1: ...` excerpt and a caret line; drop those)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("LINE ") and set(line) != {"^"}]
+    return " ".join(lines) or type(error).__name__
+
+
+def _fail(command: str, error: BaseException) -> int:
+    print(f"efficientllm {command}: error: {_one_line(error)}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# --- output formats of `sql`: (column names, column DuckDB types, rows, stream) -> None --------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    """A fetched DuckDB value as JSON data: numbers stay numbers, times become ISO 8601 strings."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Decimal):
+        return _jsonable(float(value))
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)  # UUID, INTERVAL (timedelta), ...
+
+
+def _cell_text(value: Any, for_table: bool) -> str:
+    if value is None:
+        return "NULL" if for_table else ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}" if for_table else repr(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ") if for_table else value.isoformat()
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, list | tuple | dict):
+        if for_table and isinstance(value, list | tuple) and len(value) > 6:
+            head = ", ".join(_cell_text(v, True) for v in value[:3])
+            return f"[{head}, … {len(value)} values]"
+        return json.dumps(_jsonable(value), ensure_ascii=False)
+    return str(value)
+
+
+def _write_table(names: list[str], types: list[str], rows: list[tuple], out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_header=True, header_style="bold")
+    for name, sql_type in zip(names, types, strict=True):
+        numeric = sql_type in _NUMERIC_TYPES or sql_type.startswith("DECIMAL")
+        table.add_column(name, justify="right" if numeric else "left")
+    for row in rows:
+        # Text, not str: a value like "[red]" must print as itself, not as rich markup.
+        table.add_row(*(Text(_cell_text(v, True), style="dim" if v is None else "") for v in row))
+    console = Console(file=out)
+    if not console.is_terminal:  # piped or captured: print the table at its natural width, never squeezed
+        console = Console(file=out, width=100_000)
+    console.print(table)
+    console.print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", style="dim")
+
+
+def _write_csv(names: list[str], types: list[str], rows: list[tuple], out: TextIO) -> None:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(names)
+    for row in rows:
+        writer.writerow([_cell_text(v, False) for v in row])
+
+
+def _write_json(names: list[str], types: list[str], rows: list[tuple], out: TextIO) -> None:
+    objects = []
+    for row in rows:
+        obj = {}
+        for name, sql_type, value in zip(names, types, row, strict=True):
+            if sql_type == "JSON" and isinstance(value, str):
+                value = json.loads(value)  # a JSON column is fetched as text; nest it as data
+            obj[name] = _jsonable(value)
+        objects.append(obj)
+    json.dump(objects, out, indent=2, ensure_ascii=False, allow_nan=False)
+    out.write("\n")
+
+
+SQL_FORMATS: dict[str, Callable[[list[str], list[str], list[tuple], TextIO], None]] = {
+    "table": _write_table,
+    "csv": _write_csv,
+    "json": _write_json,
+}
+
+
+def sql(argv: list[str]) -> int:
+    """Query the metric rows with read-only DuckDB SQL (table `rows`, views `latest`, `pretrain`, ...)."""
+    from efficientllm.report import views
+
+    parser = argparse.ArgumentParser(
+        prog="efficientllm sql",
+        description=(
+            "Run read-only DuckDB SQL over the metric rows. Table: rows (every row file, typed by the schema). "
+            "Views: " + ", ".join(name.removesuffix(".sql") for name in views.VIEW_FILES) + ". "
+            "Only reads run: SELECT, WITH, EXPLAIN, DESCRIBE, SHOW, SUMMARIZE, PRAGMA table_info."
+        ),
+        epilog='example: efficientllm sql "SELECT rank, cell, quality_value FROM leaderboard_pretrain" --format csv',
+    )
+    parser.add_argument("query", help="SQL to run; several statements print the result of the last")
+    parser.add_argument(
+        "--rows",
+        default=views.DEFAULT_ROWS_GLOB,
+        help="glob of row files, relative to the working directory (default: %(default)s)",
+    )
+    parser.add_argument("--format", choices=sorted(SQL_FORMATS), default="table", help="output format")
+    args = parser.parse_args(argv)
+
+    import duckdb
+
+    from efficientllm import records
+
+    try:
+        row_files = views.find_row_files(args.rows)
+        if not row_files:
+            print(f"efficientllm sql: note: no row files match {args.rows!r}; `rows` is empty", file=sys.stderr)
+        con = views.connect(row_files)
+        try:
+            cursor = views.execute_read(con, args.query)
+            description = cursor.description or []
+            names = [d[0] for d in description]
+            types = [str(d[1]) for d in description]
+            rows = cursor.fetchall() if description else []
+        finally:
+            con.close()
+    except (records.RowError, views.ReadOnlyError, duckdb.Error) as e:
+        return _fail("sql", e)
+    SQL_FORMATS[args.format](names, types, rows, sys.stdout)
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "sql": sql,
+}
+"""Subcommands by name; `efficientllm <name> --help` shows each one's flags."""
+
+
+def _summary_line(command: Command) -> str:
+    return (command.__doc__ or "").strip().splitlines()[0] if command.__doc__ else ""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `efficientllm COMMAND [ARGS...]`; returns the exit code (argparse errors and --help included)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    width = max(len(name) for name in COMMANDS) + 2
+    listing = "\n".join(f"  {name:<{width}}{_summary_line(fn)}" for name, fn in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="efficientllm",
+        description="A reproducible benchmark of LLM efficiency techniques (after arXiv 2505.13840).",
+        epilog=f"commands:\n{listing}\n\nrun `efficientllm COMMAND --help` for a command's options",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command")
+    if not argv:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        parsed = parser.parse_args(argv)
+        return COMMANDS[parsed.command](parsed.args)
+    except SystemExit as e:  # argparse's --help (0) and usage errors (2): return them like any other exit code
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""EfficientLMConfig: the one config of the configurable decoder family.
+
+Field names follow HF Llama, so transformers' generation and cache utilities, PEFT and lm-eval read it as they read
+any decoder. Three extra string fields choose the components (``attention``, ``positional``, ``mlp``) and one the
+attention kernel (``attn_kernel``); each must be a key of its registry, checked at construction.
+
+    python -c "from efficientllm.models import EfficientLMConfig; print(EfficientLMConfig(num_key_value_heads=2))"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+from efficientllm.models.attention import ATTENTION, ATTENTION_KERNELS
+from efficientllm.models.mlp import MLP
+from efficientllm.models.positional import POSITIONAL
+
+# config key -> registry its value must name
+COMPONENT_REGISTRIES: dict[str, dict[str, Any]] = {
+    "attention": ATTENTION,
+    "positional": POSITIONAL,
+    "mlp": MLP,
+    "attn_kernel": ATTENTION_KERNELS,
+}
+
+_POSITIVE_INTS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+)
+
+
+class EfficientLMConfig(PreTrainedConfig):
+    """Decoder-only LM: pre-norm (RMSNorm) blocks of attention + feed-forward, untied or tied LM head."""
+
+    model_type = "efficientlm"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    vocab_size: int = 32000
+    """Rows of the token embedding and of the LM head."""
+    hidden_size: int = 512
+    """Residual stream width C."""
+    intermediate_size: int = 1376
+    """Inner width of the dense feed-forward."""
+    num_hidden_layers: int = 8
+    """Number of decoder blocks L."""
+    num_attention_heads: int = 8
+    """Query heads H."""
+    num_key_value_heads: int | None = None
+    """Key/value heads Hkv: None or H gives MHA, 1 gives MQA, a divisor of H in between gives GQA."""
+    head_dim: int | None = None
+    """Per-head width D; None means hidden_size // num_attention_heads."""
+    max_position_embeddings: int = 2048
+    """Longest context the model is meant for (sizes learned absolute tables; RoPE extrapolates past it)."""
+    rope_theta: float = 10000.0
+    """RoPE base theta."""
+    rms_norm_eps: float = 1e-6
+    """Epsilon inside RMSNorm's rsqrt."""
+    initializer_range: float = 0.02
+    """Std of the normal init of every Linear and Embedding weight (Llama's scheme)."""
+    use_cache: bool = True
+    """Return a KV cache from forward by default (only outside training)."""
+    tie_word_embeddings: bool = False
+    """Share the token embedding matrix with the LM head."""
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    attention: str = "gqa"
+    """Attention component, a key of models.attention.ATTENTION."""
+    positional: str = "rope"
+    """Positional encoding, a key of models.positional.POSITIONAL."""
+    mlp: str = "swiglu"
+    """Feed-forward component, a key of models.mlp.MLP."""
+    attn_kernel: str = "sdpa"
+    """Score kernel, a key of models.attention.ATTENTION_KERNELS: "sdpa" (fast) or "eager" (FLOP-countable)."""
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int):
+            if self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads:
+                raise ValueError(
+                    f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+                    f"({self.num_attention_heads}); set head_dim explicitly"
+                )
+            self.head_dim = self.hidden_size // max(self.num_attention_heads, 1)
+        super().__post_init__(**kwargs)
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError naming the offending key. Runs at construction and before saving; call it after mutating."""
+        for key in _POSITIVE_INTS:
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{key} must be a positive int, got {value!r}")
+        for key in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{key} must be a positive number, got {value!r}")
+        if not isinstance(self.initializer_range, (int, float)) or self.initializer_range < 0:
+            raise ValueError(f"initializer_range must be a number >= 0, got {self.initializer_range!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        for key, registry in COMPONENT_REGISTRIES.items():
+            value = getattr(self, key)
+            if value not in registry:
+                raise ValueError(f"{key}={value!r} is not implemented; allowed values: {sorted(registry)}")
+        ATTENTION[self.attention].validate_config(self)
+        POSITIONAL[self.positional].validate_config(self)
+        MLP[self.mlp].validate_config(self)
+
+    def validate(self) -> None:
+        """transformers calls this before save_pretrained: re-check, in case fields were mutated since construction."""
+        super().validate()
+        self.check()

@@ -1,0 +1,42 @@
+"""DVC stage `prepare`: the pretraining corpus, its tokenizer and packed blocks in data/prepared/.
+
+    python -m stages.prepare            # reads [prepare] from params.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from stages import PARAMS_FILE, run
+
+OUT_DIR = "data/prepared"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="stages.prepare", description=__doc__)
+    ap.add_argument("--params", default=PARAMS_FILE)
+    args = ap.parse_args(argv)
+
+    from efficientllm.config import load_section
+    from efficientllm.data import build_corpus
+
+    cfg = load_section(args.params, "prepare")
+    source_kwargs = {"paths": list(cfg.source_paths)} if cfg.source == "text_files" else {}
+    stats = build_corpus(
+        OUT_DIR,
+        source=cfg.source,
+        source_kwargs=source_kwargs,
+        vocab_size=cfg.vocab_size,
+        block_len=cfg.block_len,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        min_doc_chars=cfg.min_doc_chars,
+        max_docs=cfg.max_docs,
+    )
+    print(json.dumps({k: v for k, v in stats.items() if not isinstance(v, dict)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,75 @@
+"""Shared fixtures: a throwaway copy of the repository with a reduced params file, and a runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Never copied: environments, caches and pipeline outputs.
+_SKIP = {".venv", ".git", ".cache", ".prefect", ".pytest_cache", ".ruff_cache", "data/prepared", "models", "results",
+         "reports", "tmp"}
+
+# A params profile small enough for a test: the same stages and cells, tiny shapes.
+TINY_OVERRIDES = {
+    "prepare": {"vocab_size": 320, "block_len": 32, "max_docs": 400, "val_fraction": 0.1},
+    "model": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "num_key_value_heads": 2},
+    "pretrain": {"batch_size": 4, "steps": 6, "lr_warmup_steps": 2, "measure_warmup_steps": 2, "eval_batches": 2},
+    "measure": {"peak_calibration_n": 128},
+}
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(OMP_WAIT_POLICY="PASSIVE", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+             HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PATH=f"{BIN}{os.pathsep}{e.get('PATH', '')}")
+    e.pop("EFFICIENTLLM_PARAMS", None)
+    return e
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    return p
+
+
+def write_params(repo: Path, overrides: dict) -> dict:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(params.get(section), dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def copy_repo(dst: Path) -> Path:
+    def ignore(d: str, names: list[str]) -> set[str]:
+        rel = Path(d).relative_to(REPO)
+        return {n for n in names if (rel / n).as_posix() in _SKIP or n == "__pycache__" or n.startswith(".reports.")}
+
+    shutil.copytree(REPO, dst, ignore=ignore)
+    run(["git", "init", "-q"], dst)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dst)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "snapshot"], dst)
+    return dst
+
+
+@pytest.fixture
+def tiny_repo(tmp_path: Path) -> Path:
+    """A copy of the repository with the tiny params profile (git-initialised; DVC is already in .dvc/)."""
+    repo = copy_repo(tmp_path / "repo")
+    write_params(repo, TINY_OVERRIDES)
+    return repo

@@ -1,0 +1,346 @@
+"""Report views, build_report and the `efficientllm sql` command, over hand-built rows with hand-computed answers.
+
+    python -m pytest tests/test_report.py -q
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from efficientllm import cli, records
+from efficientllm.report import build, views
+
+GIB = 1024**3
+TRACEBACK = (
+    'Traceback (most recent call last):\n  File "stages/pretrain.py", line 9, in main\nValueError: out of memory\n'
+)
+
+
+def _write(root: Path, folder: str, **fields) -> Path:
+    row = {"axis": "pretrain", "stage": "pretrain", "status": "ok", "trial": 0, "quality_metric": "val_ppl", **fields}
+    return records.write_row(root / folder / "row.json", row)
+
+
+@pytest.fixture
+def rows_root(tmp_path: Path) -> Path:
+    """Pretraining rows: mha (re-run), gqa (two trials), mqa, moe (failed, then ok), nsa failed, mla skipped."""
+    _write(tmp_path, "archive/pretrain/mha", cell="mha", technique="mha", quality_value=30.0, al_s=0.5,
+           tokens_per_s=400.0, timestamp_utc="2025-05-19T10:00:00Z")  # older: `latest` must ignore it
+    _write(tmp_path, "results/pretrain/mha", cell="mha", technique="mha", n_params=1_000_000, quality_value=20.0,
+           al_s=0.20, tokens_per_s=1000.0, amu_bytes=4 * GIB, peak_mem_bytes=5 * GIB, aec_w=100.0,
+           energy_source="rapl", latency_samples_s=[0.19, 0.2, 0.21], timestamp_utc="2025-05-20T10:00:00Z",
+           extra={"heads": 8})
+    _write(tmp_path, "results/pretrain/gqa", cell="gqa", technique="gqa", trial=0, quality_value=21.0, al_s=0.14,
+           tokens_per_s=1300.0, amu_bytes=3 * GIB, aec_w=90.0, energy_source="rapl",
+           timestamp_utc="2025-05-20T10:05:00Z")
+    _write(tmp_path, "results/pretrain/gqa-t1", cell="gqa", technique="gqa", trial=1, quality_value=23.0, al_s=0.16,
+           tokens_per_s=1300.0, amu_bytes=3 * GIB, aec_w=90.0, energy_source="estimate",
+           timestamp_utc="2025-05-20T10:06:00Z")
+    _write(tmp_path, "results/pretrain/mqa", cell="mqa", technique="mqa", quality_value=19.5, al_s=0.10,
+           tokens_per_s=2000.0, amu_bytes=2 * GIB, aec_w=80.0, tokens_per_j=30.0, energy_source="rapl",
+           timestamp_utc="2025-05-20T10:10:00Z")
+    _write(tmp_path, "archive/pretrain/moe", cell="moe", technique="moe", status="failed", error="OOM",
+           timestamp_utc="2025-05-20T09:00:00Z")  # failed first ...
+    _write(tmp_path, "results/pretrain/moe", cell="moe", technique="moe", quality_value=25.0, al_s=0.30,
+           tokens_per_s=800.0, amu_bytes=6 * GIB, aec_w=120.0, energy_source="rapl",
+           timestamp_utc="2025-05-20T11:00:00Z")  # ... then succeeded: not a failure any more
+    _write(tmp_path, "results/pretrain/nsa", cell="nsa", technique="nsa", status="failed", error=TRACEBACK,
+           timestamp_utc="2025-05-20T10:20:00Z")
+    _write(tmp_path, "results/pretrain/mla", cell="mla", technique="mla", status="skipped",
+           error="needs CUDA\n(no GPU on this host)", timestamp_utc="2025-05-20T10:30:00Z")
+    _write(tmp_path, "results/finetune/lora-openo1", axis="finetune", stage="finetune", cell="lora-openo1",
+           technique="lora", quality_metric="eval_loss", quality_value=1.2, timestamp_utc="2025-05-20T12:00:00Z")
+    return tmp_path
+
+
+def _glob(root: Path) -> str:
+    return str(root / "*" / "*" / "*" / "row.json")  # results/ and archive/
+
+
+N_FILES = 10
+
+
+# --- views ----------------------------------------------------------------------------------------------------
+
+
+def test_sql_files_are_all_loaded_one_view_each():
+    assert sorted(p.name for p in views.SQL_DIR.glob("*.sql")) == sorted(views.VIEW_FILES)
+    for name in views.VIEW_FILES:
+        text = (views.SQL_DIR / name).read_text()
+        assert text.startswith("-- "), f"{name} needs a header comment"
+        assert text.upper().count("CREATE VIEW") == 1
+        assert f"CREATE VIEW {name.removesuffix('.sql')} AS" in text
+
+
+def test_latest_picks_the_newest_row_per_cell(rows_root):
+    con = views.connect(_glob(rows_root))
+    assert con.execute("SELECT count(*) FROM rows").fetchone() == (N_FILES,)
+    got = dict(con.execute("SELECT cell || '#' || trial, quality_value FROM latest WHERE axis = 'pretrain'").fetchall())
+    # mha: the 2025-05-20 row (ppl 20) beats the 2025-05-19 one (ppl 30); moe: the ok row beats the failed one
+    assert got == {"mha#0": 20.0, "gqa#0": 21.0, "gqa#1": 23.0, "mqa#0": 19.5, "moe#0": 25.0, "nsa#0": None,
+                   "mla#0": None}
+
+
+def test_latest_compares_times_in_utc(tmp_path):
+    # 12:00+02:00 is 10:00 UTC, so the 11:00Z row is the newer one even though its clock reads earlier
+    _write(tmp_path, "a", cell="mha", quality_value=1.0, timestamp_utc="2025-05-20T12:00:00+02:00")
+    _write(tmp_path, "b", cell="mha", quality_value=2.0, timestamp_utc="2025-05-20T11:00:00Z")
+    con = views.connect(str(tmp_path / "*" / "row.json"))
+    assert con.execute("SELECT quality_value, timestamp_utc FROM latest").fetchall() == [
+        (2.0, datetime(2025, 5, 20, 11, 0))
+    ]
+
+
+def test_pretrain_view_keeps_only_the_pretrain_axis(rows_root):
+    con = views.connect(_glob(rows_root))
+    cells = [c for (c,) in con.execute("SELECT DISTINCT cell FROM pretrain ORDER BY cell").fetchall()]
+    assert cells == ["gqa", "mha", "mla", "moe", "mqa", "nsa"]
+    columns = {name for name, *_ in con.execute("DESCRIBE pretrain").fetchall()}
+    assert {"cell", "technique", "status", "n_params", "quality_value", "amu_bytes", "amu_ratio", "pcu_ratio", "mfu",
+            "al_s", "latency_s_p50", "latency_s_p90", "latency_s_p99", "tt_tokens_per_param_s", "tokens_per_s",
+            "aec_w", "energy_j", "energy_source", "peak_mem_bytes", "kv_cache_bytes_per_token"} <= columns
+
+
+def test_leaderboard_ranks_by_quality_with_ratios_to_mha(rows_root):
+    con = views.connect(_glob(rows_root))
+    cursor = con.execute("SELECT * FROM leaderboard_pretrain")
+    names = [d[0] for d in cursor.description]
+    board = {r["cell"]: r for r in (dict(zip(names, row, strict=True)) for row in cursor.fetchall())}
+
+    # ok cells only (nsa failed, mla skipped), ranked by perplexity: mqa 19.5 < mha 20 < gqa (21+23)/2=22 < moe 25
+    assert [(c, r["rank"]) for c, r in board.items()] == [("mqa", 1), ("mha", 2), ("gqa", 3), ("moe", 4)]
+    gqa, mqa, moe, mha = board["gqa"], board["mqa"], board["moe"], board["mha"]
+    assert gqa["n_trials"] == 2 and gqa["quality_value"] == pytest.approx(22.0)
+    assert gqa["al_s"] == pytest.approx(0.15)  # (0.14 + 0.16) / 2
+    assert gqa["energy_source"] == "estimate,rapl"  # the trials disagree: both shown
+
+    # baseline mha: al 0.20 s, 1000 tok/s, 4 GiB AMU, 100 W, ppl 20, tokens/J = 1000 / 100 = 10 (fallback)
+    assert mha["al_s_vs_mha"] == 1.0 and mha["tokens_per_s_vs_mha"] == 1.0 and mha["tokens_per_j_vs_mha"] == 1.0
+    assert gqa["al_s_vs_mha"] == pytest.approx(0.15 / 0.20)  # 0.75
+    assert gqa["tokens_per_s_vs_mha"] == pytest.approx(1300 / 1000)  # 1.3
+    assert gqa["amu_bytes_vs_mha"] == pytest.approx(3 / 4)
+    assert gqa["aec_w_vs_mha"] == pytest.approx(90 / 100)
+    assert gqa["tokens_per_j_vs_mha"] == pytest.approx((1300 / 90) / 10)  # 1.444..., tokens_per_s / aec_w
+    assert gqa["quality_vs_mha"] == pytest.approx(22 / 20)
+    assert mqa["al_s_vs_mha"] == pytest.approx(0.5)  # 0.10 / 0.20
+    assert mqa["tokens_per_s_vs_mha"] == pytest.approx(2.0)
+    assert mqa["tokens_per_j_vs_mha"] == pytest.approx(3.0)  # mqa's own tokens_per_j 30 / 10
+    assert moe["amu_bytes_vs_mha"] == pytest.approx(1.5)  # 6 GiB / 4 GiB
+    assert moe["tokens_per_j_vs_mha"] == pytest.approx((800 / 120) / 10)
+    assert mha["peak_mem_vs_mha"] == 1.0 and gqa["peak_mem_vs_mha"] is None  # gqa has no peak memory
+
+
+def test_leaderboard_without_mha_has_null_ratios(tmp_path):
+    _write(tmp_path, "gqa", cell="gqa", quality_value=21.0, al_s=0.1)
+    _write(tmp_path, "mqa", cell="mqa", quality_value=20.0, al_s=0.2)
+    con = views.connect(str(tmp_path / "*" / "row.json"))
+    assert con.execute("SELECT cell, rank, al_s_vs_mha FROM leaderboard_pretrain").fetchall() == [
+        ("mqa", 1, None),
+        ("gqa", 2, None),
+    ]
+
+
+def test_failures_lists_cells_whose_latest_row_did_not_succeed(rows_root):
+    con = views.connect(_glob(rows_root))
+    got = con.execute("SELECT cell, status, error_summary FROM failures").fetchall()
+    # a traceback is summarised by its last line (the exception), other errors by their first line;
+    # moe failed once but its latest row is ok, so it is not listed
+    assert got == [("mla", "skipped", "needs CUDA"), ("nsa", "failed", "ValueError: out of memory")]
+    assert con.execute("SELECT error FROM failures WHERE cell = 'nsa'").fetchone() == (TRACEBACK,)
+
+
+def test_read_only_connection_has_no_file_access(rows_root, tmp_path):
+    con = views.connect(_glob(rows_root))
+    target = tmp_path / "leak.csv"
+    with pytest.raises(duckdb.Error):
+        con.execute(f"COPY rows TO '{target}'")  # refused by the engine itself, not only by execute_read
+    with pytest.raises(duckdb.Error):
+        con.execute("SET enable_external_access = true")
+    assert not target.exists()
+
+
+# --- build_report ---------------------------------------------------------------------------------------------
+
+
+def test_build_report_writes_every_file(rows_root, tmp_path):
+    out = tmp_path / "reports"
+    paths = build.build_report(_glob(rows_root), out)
+
+    assert set(paths) == {"index", "leaderboard_pretrain", "rows_csv", "rows_parquet"}
+    assert sorted(p.name for p in out.iterdir()) == ["index.md", "leaderboard_pretrain.csv", "rows.csv",
+                                                     "rows.parquet"]  # no temp files left
+
+    md = paths["index"].read_text()
+    assert md.startswith("# efficientllm report\n")
+    assert f"Built from {N_FILES} row files holding {N_FILES} rows of 8 measured cells" in md
+    assert "latest row of each cell: 6 ok, 1 failed, 1 skipped." in md
+    assert "Newest row: 2025-05-20 12:00:00 UTC." in md
+    assert "| rank | cell | trials | params (M) | quality (val_ppl) | AMU (MiB) |" in md
+    assert "AL (ms/step)" in md and "throughput (tok/s)" in md and "AL ÷ mha" in md
+    table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert [line.split(" | ")[1] for line in table] == ["mqa", "mha", "gqa", "moe"]
+    mqa = table[0].split(" | ")
+    # mqa: ppl 19.5 -> "19.5"; AMU 2 GiB -> "2,048" MiB; AL 0.10 s -> "100" ms; AL ÷ mha 0.5 -> "0.50×"
+    assert mqa[4] == "19.5" and mqa[5] == "2,048" and mqa[9] == "100" and "0.50×" in mqa
+    assert "- **pretrain/nsa**: failed: `ValueError: out of memory`" in md
+    assert "- **pretrain/mla**: skipped: `needs CUDA`" in md
+    assert "moe**" not in md
+    assert "## What the metrics mean" in md and "**AMU**" in md
+
+    with paths["leaderboard_pretrain"].open() as f:
+        board = list(csv.DictReader(f))
+    assert [r["cell"] for r in board] == ["mqa", "mha", "gqa", "moe"]
+    assert float(board[2]["al_s_vs_mha"]) == pytest.approx(0.75)
+
+    with paths["rows_csv"].open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == [c for c in records.COLUMNS if c != "latency_samples_s"]
+    assert len(rows) == N_FILES  # every row, the superseded ones too
+    assert {r["error"] for r in rows if r["cell"] == "nsa"} == {TRACEBACK}
+
+    parquet = str(paths["rows_parquet"])
+    query = f"SELECT count(*), max(len(latency_samples_s)) FROM read_parquet('{parquet}')"
+    got = duckdb.connect().execute(query).fetchone()
+    assert got == (N_FILES, 3)
+
+
+def test_build_report_with_no_rows(tmp_path):
+    paths = build.build_report(str(tmp_path / "results" / "*" / "*" / "row.json"), tmp_path / "reports")
+    md = paths["index"].read_text()
+    assert "No rows yet" in md and "No successful pretraining cells yet." in md and "No failed or skipped cells." in md
+    assert paths["rows_csv"].read_text().splitlines()[0].split(",") == [
+        c for c in records.COLUMNS if c != "latency_samples_s"
+    ]
+
+
+def test_number_formatting():
+    assert build._number(None) == "—"
+    assert build._number(1234.4) == "1,234"
+    assert build._number(19.54) == "19.5"
+    assert build._number(0.012345) == "0.0123"
+    assert build._number(2.5e-5) == "2.50e-05"
+    assert build._ratio(0.75) == "0.75×"
+
+
+# --- CLI --------------------------------------------------------------------------------------------------------
+
+
+def _sql(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(["sql", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_help_lists_the_commands(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "sql" in out and "Query the metric rows" in out
+    assert cli.main(["no-such-command"]) == 2
+    assert cli.main(["sql", "--help"]) == 0
+    assert "--format" in capsys.readouterr().out
+
+
+def test_cli_sql_table(rows_root, capsys):
+    code, out, err = _sql(capsys, "SELECT rank, cell, quality_value FROM leaderboard_pretrain", "--rows",
+                          _glob(rows_root))
+    assert code == 0, err
+    assert out.index("mqa") < out.index("mha") < out.index("gqa") < out.index("moe")
+    assert "quality_value" in out and "19.5" in out and "(4 rows)" in out
+
+
+def test_cli_sql_csv(rows_root, capsys):
+    code, out, err = _sql(capsys, "SELECT rank, cell, al_s_vs_mha, energy_source FROM leaderboard_pretrain",
+                          "--rows", _glob(rows_root), "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["rank", "cell", "al_s_vs_mha", "energy_source"]
+    assert [r[1] for r in rows[1:]] == ["mqa", "mha", "gqa", "moe"]
+    assert float(rows[3][2]) == pytest.approx(0.75)
+
+
+def test_cli_sql_json(rows_root, capsys):
+    query = ("SELECT cell, n_params, al_s, timestamp_utc, latency_samples_s, extra, error FROM latest "
+             "WHERE cell IN ('mha', 'nsa') ORDER BY cell")
+    code, out, err = _sql(capsys, query, "--rows", _glob(rows_root), "--format", "json")
+    assert code == 0, err
+    mha, nsa = json.loads(out)
+    assert mha == {"cell": "mha", "n_params": 1_000_000, "al_s": 0.2, "timestamp_utc": "2025-05-20T10:00:00",
+                   "latency_samples_s": [0.19, 0.2, 0.21], "extra": {"heads": 8}, "error": None}
+    assert nsa["al_s"] is None and nsa["error"] == TRACEBACK
+
+
+def test_cli_sql_default_rows_glob_is_relative_to_cwd(rows_root, capsys, monkeypatch):
+    monkeypatch.chdir(rows_root)
+    code, out, err = _sql(capsys, "SELECT count(*) AS n FROM rows", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out) == [{"n": 8}]  # results/*/*/row.json only, not archive/
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
+        "FROM failures",
+        "DESCRIBE rows",
+        "SHOW TABLES",
+        "SUMMARIZE pretrain",
+        "PRAGMA table_info('rows')",
+        "EXPLAIN SELECT * FROM latest",
+    ],
+)
+def test_cli_sql_allows_reads(rows_root, capsys, query):
+    code, _, err = _sql(capsys, query, "--rows", _glob(rows_root), "--format", "csv")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "COPY (SELECT * FROM rows) TO '{tmp}/out.csv'",
+        "CREATE TABLE t AS SELECT 1 AS a",
+        "INSERT INTO rows (axis, status) VALUES ('pretrain', 'ok')",
+        "ATTACH '{tmp}/other.db' AS other",
+        "INSTALL httpfs",
+        "EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1 AS a",  # ANALYZE runs the statement
+        "SELECT 1; DROP VIEW latest",
+        "SET threads = 1",
+        "PRAGMA threads = 1",
+        "EXPORT DATABASE '{tmp}/dump'",
+    ],
+)
+def test_cli_sql_refuses_writes(rows_root, capsys, query):
+    before = sorted(rows_root.rglob("*"))
+    code, out, err = _sql(capsys, query.format(tmp=rows_root), "--rows", _glob(rows_root))
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("efficientllm sql: error: read-only database: refusing")
+    assert sorted(rows_root.rglob("*")) == before  # no file created
+
+
+def test_cli_sql_bad_sql_is_one_line(rows_root, capsys):
+    code, out, err = _sql(capsys, "SELEC cell FROM rows", "--rows", _glob(rows_root))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "Parser Error" in err and "Traceback" not in err
+    code, out, err = _sql(capsys, "SELECT no_such_column FROM rows", "--rows", _glob(rows_root))
+    assert code == 2 and err.count("\n") == 1 and "no_such_column" in err
+
+
+def test_cli_sql_names_a_corrupt_row_file(rows_root, capsys):
+    bad = rows_root / "results" / "pretrain" / "broken" / "row.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"axis": "pretrain", "status": "ok", "al_s": ')
+    code, out, err = _sql(capsys, "SELECT 1", "--rows", _glob(rows_root))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
+
+    bad.write_text('{"axis": "pretrain", "status": "ok", "n_params": "many"}')
+    code, _, err = _sql(capsys, "SELECT 1", "--rows", _glob(rows_root))
+    assert code == 2 and str(bad) in err and "n_params" in err
