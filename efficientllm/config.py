@@ -130,8 +130,8 @@ class MeasureConfig:
     """Background sampling interval of memory (and GPU utilisation)."""
     cpu_watts_per_core: float = field(default=4.0, metadata=_meta(min=0.0, min_exclusive=True))
     """Power per busy core for the CPU energy *estimate* (used only without NVML or RAPL)."""
-    peak_calibration_n: int = field(default=1024, metadata=_meta(min=64))
-    """Matrix size of the matmul calibration that measures the device's peak FLOP/s."""
+    peak_calibration_n: int | None = field(default=None, metadata=_meta(min=64))
+    """Matrix size of the matmul calibration that measures peak FLOP/s (None: 2048 on CPU, 8192 on GPU)."""
     cache_dir: str = ".cache/efficientllm"
     """Where the peak-FLOP/s calibration is cached (per device, dtype, threads, torch version)."""
 

@@ -15,8 +15,6 @@ import contextlib
 import dataclasses
 import inspect
 import math
-import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,20 +23,22 @@ from typing import Any
 
 import torch
 
+from efficientllm.atomic import atomic_dir
 from efficientllm.config import ConfigError, MeasureConfig, ModelConfig, PretrainConfig
-from efficientllm.data import iterate_batches, load_blocks
+from efficientllm.data import iterate_batches, load_blocks, load_stats
 from efficientllm.measure import (
     MeasurementWindow,
     StepTimer,
     device_name,
     measure_peak_flops,
     metrics,
+    mfu,
     num_threads,
-    provenance,
     resolve_device,
     summarize,
     synchronize,
 )
+from efficientllm.measure.provenance import provenance
 from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM
 from efficientllm.models.accounting import count_parameters, flops_per_token, kv_cache_bytes_per_token
 
@@ -123,9 +123,10 @@ def evaluate_perplexity(model: torch.nn.Module, val_blocks: Any, batch_size: int
         batch = torch.as_tensor(val_blocks[start:min(start + batch_size, n_blocks)].astype("int64")).to(device)
         ctx, _ = _autocast(device)
         with ctx:
-            out = model(input_ids=batch, labels=batch)
+            out = model(input_ids=batch, labels=batch, use_cache=False)
         n_targets = batch.numel() - batch.shape[0]  # shifted labels: T-1 targets per sequence
-        lm_loss = out.lm_loss if getattr(out, "lm_loss", None) is not None else out.loss
+        # Perplexity is of the language-model loss alone, without auxiliary (e.g. MoE balance) terms.
+        lm_loss = out.loss - out.aux_loss if getattr(out, "aux_loss", None) is not None else out.loss
         total += float(lm_loss) * n_targets
         count += n_targets
     model.train()
@@ -134,18 +135,9 @@ def evaluate_perplexity(model: torch.nn.Module, val_blocks: Any, batch_size: int
 
 
 def _save_model_atomic(model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> None:
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: PretrainConfig,
@@ -176,6 +168,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
     compute_dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float32
     peak = measure_peak_flops(device, compute_dtype, n=measure.peak_calibration_n,
                               cache_path=Path(measure.cache_dir) / "peak_flops.json")
+    # Input batches come from a seeded order; the model init above used the same seed.
 
     timer = StepTimer(sync=lambda: synchronize(device))
     window = MeasurementWindow(device, interval_s=measure.sample_interval_s,
@@ -197,7 +190,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                loss = float(out.loss)
+                loss = float(out.loss.detach())
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
             curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
@@ -223,7 +216,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
         "cell": slug,
         "technique": slug,
         "model": f"efficientlm-{params['total'] / 1e6:.2f}M",
-        "dataset": None,
+        "dataset": load_stats(data_dir).get("source"),
         "status": "ok",
         "trial": 0,
         "device": str(device),
@@ -243,7 +236,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
         "flops_per_token": fpt,
         "achieved_flops_per_s": achieved,
         "peak_flops_per_s": peak["peak_flops_per_s"],
-        "mfu": metrics.mfu(achieved, peak["peak_flops_per_s"]),
+        "mfu": mfu(achieved, peak["peak_flops_per_s"]),
         "al_s": lat["mean"],
         "latency_s_mean": lat["mean"],
         "latency_s_std": lat["std"],

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from efficientllm.atomic import atomic_write_text
 
 SCHEMA_VERSION = 1
 
@@ -124,10 +125,6 @@ COLUMNS: tuple[str, ...] = tuple(c.name for c in SCHEMA)
 _TYPES: dict[str, str] = {c.name: c.sql_type for c in SCHEMA}
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 class RowError(ValueError):
     """A row that does not fit the schema, or a row file that cannot be read."""
 
@@ -200,23 +197,6 @@ def make_row(**fields: Any) -> dict[str, Any]:
     if row["axis"] is None:
         raise RowError("column 'axis' is required")
     return row
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_row(path: str | os.PathLike, row: Mapping[str, Any]) -> Path:

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from efficientllm.measure import provenance
+from efficientllm.measure.provenance import provenance
 from efficientllm.records import atomic_write_text
 
 ERROR_MAX_CHARS = 4000

@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 from stages import PARAMS_FILE, run
@@ -21,21 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=PARAMS_FILE)
     args = ap.parse_args(argv)
 
+    from efficientllm.atomic import atomic_dir
     from efficientllm.config import load_section
-    from efficientllm.report import build_report
+    from efficientllm.report.build import build_report
 
     cfg = load_section(args.params, "report")
     row_files = sorted(RESULTS.glob("*/*/row.json"))
     # Build into a temp dir beside the output, then swap it in: never a half-written reports/.
-    tmp = Path(tempfile.mkdtemp(dir=".", prefix=".reports."))
-    try:
+    with atomic_dir(OUT_DIR) as tmp:
         paths = build_report(row_files, tmp, title=cfg.title)
-        if OUT_DIR.exists():
-            shutil.rmtree(OUT_DIR)
-        tmp.rename(OUT_DIR)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"report: {OUT_DIR / 'index.md'} ({len(row_files)} rows; {', '.join(p.name for p in paths.values())})")
     return 0
 

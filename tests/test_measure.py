@@ -105,6 +105,7 @@ def test_time_weighted_mean_trapezoid():
     assert timing.time_weighted_mean(pts, ratio=True) == pytest.approx(0.2)
     assert timing.time_weighted_mean([(5.0, 7.0, 10.0)]) == 7.0
     assert timing.time_weighted_mean([]) is None
+    assert timing.time_weighted_mean([(0.0, 1.0, 0.0), (1.0, 1.0, 0.0)], ratio=True) is None
 
 
 def test_gauge_sampler_thread_samples_and_stops():
@@ -127,6 +128,25 @@ def test_gauge_sampler_thread_samples_and_stops():
     assert sampler._thread is None
     values = [p[1] for p in sampler.series[0]]
     assert len(values) >= 4 and values == sorted(values)  # enter + >= 2 thread reads + exit
+
+
+def test_gauge_sampler_reraises_a_thread_failure_at_exit():
+    failed = threading.Event()
+
+    class BrokenGauge:
+        source = "broken"
+        reads = 0
+
+        def read(self):
+            self.reads += 1
+            if self.reads == 2:  # the thread's first reading
+                failed.set()
+                raise KeyError("sensor bug")
+            return 1.0, 1.0
+
+    sampler = timing.GaugeSampler([BrokenGauge()], interval_s=0.001)
+    with pytest.raises(RuntimeError, match="sensor bug"), sampler:
+        assert failed.wait(timeout=10)
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -158,6 +178,8 @@ def test_memory_sampler_falls_back_to_next_sensor_when_primary_fails():
 def test_rss_sensor_reads_this_process():
     used, total = memory.RssSensor().read()
     assert 0 < used < total
+    via_psutil, _ = memory.RssSensor(statm=None).read()
+    assert abs(used - via_psutil) < 64 * 2**20  # same process moments apart; only allocation in between differs
 
 
 def test_rss_peak_from_fake_proc(tmp_path: Path):

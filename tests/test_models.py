@@ -26,6 +26,7 @@ from efficientllm.models import (
     flops_per_token,
     kv_cache_bytes_per_token,
 )
+from efficientllm.models.modeling import build_attention_mask
 
 VOCAB = 211
 
@@ -113,10 +114,26 @@ def test_padded_logits_match_llama(kernel: str) -> None:
     torch.testing.assert_close(implicit[real], ref[real])
 
 
+def test_attention_mask_is_causal_hides_padding_and_never_empties_a_row() -> None:
+    padding = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    mask = build_attention_mask(padding, q_len=5, k_len=5, dtype=torch.float32, device=torch.device("cpu"))
+    allowed = mask == 0  # (B, 1, Tq, Tk)
+    assert allowed.shape == (2, 1, 5, 5)
+    assert torch.equal(allowed[1, 0], torch.ones(5, 5, dtype=torch.bool).tril())  # unpadded row: plain causal
+    assert not allowed[0, 0, 2:, :2].any()  # real queries never see padding keys
+    assert allowed.any(-1).all()  # a padding query sees itself: no all-masked row, so no NaN
+    # decode step: 1 new query over 5 cached + 1 new keys
+    step = build_attention_mask(
+        torch.cat([padding, torch.ones(2, 1, dtype=torch.long)], 1), 1, 6, torch.float32, torch.device("cpu")
+    )
+    assert torch.equal(step[:, 0, 0] == 0, torch.tensor([[False, False, True, True, True, True], [True] * 6]))
+    assert build_attention_mask(None, 5, 5, torch.float32, torch.device("cpu")) is None  # kernels' own causal path
+
+
 @pytest.mark.parametrize("kernel", sorted(ATTENTION_KERNELS))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_left_padding_stays_finite_in_half_precision(kernel: str, dtype: torch.dtype) -> None:
-    # Padded query rows must not produce NaN (which would leak into real rows of the next layer via the keys).
+    # Smoke test: padded rows in half precision give finite logits everywhere (padding queries included).
     model = tiny_model(attn_kernel=kernel, initializer_range=0.5).to(dtype)
     x = tokens(2, 10)
     mask = torch.ones_like(x)
@@ -274,6 +291,7 @@ def test_kv_cache_bytes_per_token_matches_dynamic_cache(kv_heads: int) -> None:
         ({"vocab_size": 0}, ["vocab_size"]),
         ({"hidden_size": 66, "num_attention_heads": 4}, ["hidden_size", "num_attention_heads"]),
         ({"head_dim": 15}, ["head_dim"]),  # rope needs an even head_dim
+        ({"num_kv_heads": 2}, ["num_kv_heads", "num_key_value_heads"]),  # typo: raises with a hint, not silent MHA
     ],
 )
 def test_config_errors_name_the_key(overrides: dict, named: list[str]) -> None:
@@ -332,8 +350,9 @@ def test_activation_checkpointing_recomputes_and_gives_the_same_gradients() -> N
         model = tiny_model().train()
         if checkpointing:
             model.activation_checkpointing_enable()
-        calls = []
-        model.model.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))  # pre: recompute stops early
+        calls: list[int] = []
+        # a pre-hook: the non-reentrant recompute stops early, before the MLP's forward returns
+        model.model.layers[0].mlp.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         model(x, labels=x).loss.backward()
         grads.append(model.model.layers[0].self_attn.q_proj.weight.grad)
         mlp_calls.append(len(calls))

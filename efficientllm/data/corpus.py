@@ -20,18 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
-import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import tokenizers
 
+from efficientllm.atomic import atomic_dir
 from efficientllm.data.packing import encode_documents, pack_blocks, save_blocks
 from efficientllm.data.sources import SOURCES
 from efficientllm.data.tokenizer import check_vocab_size, train_tokenizer
@@ -80,17 +77,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put the folder `new` at `target` by renames; an existing `target` is removed only once `new` is in place."""
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a folder")
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    if target.exists():
-        os.rename(target, old)  # a folder cannot be renamed over a non-empty folder, hence two steps
-    os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_enough_tokens(split: str, n_tokens: int, block_len: int, hint: str) -> None:
@@ -149,10 +135,7 @@ def build_corpus(
     t3 = time.perf_counter()
     log.info("read %d docs in %.1fs, tokenizer %.1fs, encode+pack %.1fs", len(docs), t1 - t0, t2 - t1, t3 - t2)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; out_dir should look like any other folder
+    with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
         save_blocks(tmp / TRAIN_BLOCKS_FILE, train_blocks)
         save_blocks(tmp / VAL_BLOCKS_FILE, val_blocks)
@@ -184,10 +167,6 @@ def build_corpus(
             "val_npy_sha256": _sha256_file(tmp / VAL_BLOCKS_FILE),
         }
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2, default=str) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote %s in %.1fs", out_dir, time.perf_counter() - t0)
     return stats
 

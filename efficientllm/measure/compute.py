@@ -6,7 +6,7 @@ the kernel used the chip. On the CPU it is this process's CPU time / (wall time 
 achieved FLOP/s / peak FLOP/s is the honest figure on both, and the peak is *measured* here by
 timing large square matmuls, never a datasheet constant.
 
-    python -c "from efficientllm.measure.compute import *; import torch; print(measure_peak_flops(torch.device('cpu')))"
+    python -c "from efficientllm.measure.compute import measure_peak_flops; print(measure_peak_flops('auto'))"
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pynvml
 import torch
 
 from ..records import atomic_write_text
-from .device import device_name, nvml_handle, synchronize
+from .device import device_name, nvml_handle, resolve_device, synchronize
 from .timing import Clock, GaugeSampler, time_weighted_mean
 
 
@@ -146,28 +146,32 @@ Calibrate = Callable[[torch.device, torch.dtype, int, int], tuple[float, int]]
 """(device, dtype, n, repeats) -> (best seconds per timed repeat, matmuls per repeat)."""
 
 
+def _timed_matmuls(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, k: int) -> float:
+    synchronize(a.device)
+    start = time.perf_counter()
+    for _ in range(k):
+        torch.mm(a, b, out=out)
+    synchronize(a.device)  # a GPU matmul has only been queued until here
+    return time.perf_counter() - start
+
+
 def _time_matmuls(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> tuple[float, int]:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
-
-    def run(k: int) -> float:
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(k):
-            torch.mm(a, b, out=out)
-        synchronize(device)  # a GPU matmul has only been queued until here
-        return time.perf_counter() - start
-
-    run(1)  # warm-up: thread pools, kernel selection, clocks
-    probe = run(1)
+    out = torch.empty_like(a)
+    _timed_matmuls(a, b, out, 1)  # warm-up: thread pools, kernel selection, clocks
+    probe = _timed_matmuls(a, b, out, 1)
     # enough matmuls per repeat for ~50 ms, so launch overhead and timer resolution vanish on a GPU
     k = max(1, math.ceil(0.05 / probe)) if probe > 0 else 1
-    return min(run(k) for _ in range(repeats)), k
+    best = min(_timed_matmuls(a, b, out, k) for _ in range(repeats))
+    del a, b, out
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # else the allocator keeps the operands reserved, and NVML's AMU counts them
+    return best, k
 
 
 def measure_peak_flops(
-    device: torch.device,
+    device: torch.device | str,
     dtype: torch.dtype | str = torch.float32,
     n: int | None = None,
     repeats: int = 5,
@@ -185,6 +189,7 @@ def measure_peak_flops(
     measured window: it loads the device fully. Returns peak_flops_per_s, method, n, dtype,
     device_name, threads, torch_version, cached.
     """
+    device = resolve_device(device) if isinstance(device, str) else device
     dtype_name = _dtype_name(dtype)
     if n is None:
         n = 8192 if device.type == "cuda" else 2048

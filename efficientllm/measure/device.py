@@ -105,7 +105,7 @@ def nvml_handle(device: torch.device) -> Any | None:
         uuid = str(torch.cuda.get_device_properties(index).uuid)
         for prefix in ("GPU-", "MIG-", ""):
             try:
-                return pynvml.nvmlDeviceGetHandleByUUID(prefix + uuid)
+                return pynvml.nvmlDeviceGetHandleByUUID((prefix + uuid).encode())
             except pynvml.NVMLError:
                 continue
     except (AttributeError, AssertionError, RuntimeError):

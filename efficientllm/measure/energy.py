@@ -206,8 +206,8 @@ class EnergyMeter:
             self._thread.join()
             self._thread = None
         e1 = self._read()
-        if self._e0 is not None and e1 is not None:
-            self.energy_j = max(e1 - self._e0, 0.0)
+        if self._e0 is not None and e1 is not None and e1 >= self._e0:
+            self.energy_j = e1 - self._e0  # a counter that went backwards (driver reload) gives None
 
     @property
     def aec_w(self) -> float | None:

@@ -5,13 +5,15 @@ reads memory gauges on a background thread and reports both the time-weighted me
 mean ratio. Sources: `nvml` (device memory used / total on a CUDA GPU: the whole device, so one
 measured cell per device) or `rss` (resident set of this process / physical RAM, on the CPU).
 Peaks come from the allocator (`TorchCudaPeak`, source `torch`) or the kernel's RSS high-water mark
-(`RssPeak`, source `rss`), both reset at the window start, so a sampled peak never misses a spike.
+(`RssPeak`, source `rss`), both reset at the window start, so a peak never depends on a sample
+landing on a spike.
 
     python -c "from efficientllm.measure import *; m = MemorySampler(); m.__enter__(); m.__exit__(); print(m.stats)"
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -27,15 +29,32 @@ from .timing import Clock, Gauge, GaugeSampler, Point, time_weighted_mean
 
 
 class RssSensor:
-    """Resident set size of this process; total = physical memory (psutil.virtual_memory().total)."""
+    """Resident set size of this process; total = physical memory (psutil.virtual_memory().total).
+
+    On Linux it reads /proc/self/statm directly (open, read, close: about half the cost of a psutil
+    call, which matters on a thread that wakes 20 times a second); elsewhere, or if that fails,
+    psutil's memory_info().rss, the same number.
+    """
 
     source = "rss"
 
-    def __init__(self, process: psutil.Process | None = None) -> None:
+    def __init__(self, process: psutil.Process | None = None, statm: str | None = "/proc/self/statm") -> None:
         self._process = process or psutil.Process()
         self._total = float(psutil.virtual_memory().total)
+        self._statm = statm if process is None and statm and os.path.exists(statm) else None
+        self._page_bytes = os.sysconf("SC_PAGE_SIZE") if self._statm else 0
 
     def read(self) -> tuple[float, float] | None:
+        if self._statm is not None:
+            try:
+                fd = os.open(self._statm, os.O_RDONLY)
+                try:
+                    resident_pages = int(os.read(fd, 256).split()[1])  # statm: size resident shared ...
+                finally:
+                    os.close(fd)
+                return float(resident_pages * self._page_bytes), self._total
+            except (OSError, ValueError, IndexError):
+                self._statm = None
         try:
             return float(self._process.memory_info().rss), self._total
         except psutil.Error:

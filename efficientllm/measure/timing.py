@@ -124,9 +124,9 @@ def time_weighted_mean(points: Sequence[Point], ratio: bool = False) -> float | 
     """(1/T) * integral of value(t) dt over the span of `points` (trapezoid rule), or of value/total.
 
     Readings are taken as lying on straight lines between samples. One reading, or readings all at
-    one instant, give their plain mean. No readings give None.
+    one instant, give their plain mean. No readings (or a ratio over a zero total) give None.
     """
-    if not points:
+    if not points or (ratio and any(p[2] <= 0 for p in points)):
         return None
 
     def y(p: Point) -> float:

@@ -9,9 +9,11 @@ attention kernel (``attn_kernel``); each must be a key of its registry, checked 
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from typing import Any
 
-from transformers import PreTrainedConfig
+from transformers import GenerationConfig, PreTrainedConfig
 
 from efficientllm.models.attention import ATTENTION, ATTENTION_KERNELS
 from efficientllm.models.mlp import MLP
@@ -35,6 +37,27 @@ _POSITIVE_INTS = (
     "head_dim",
     "max_position_embeddings",
 )
+
+
+# Non-field keyword arguments that transformers itself passes to a config (from_pretrained, to_dict round trips) and
+# that PreTrainedConfig.__post_init__ consumes. Anything else is most likely a typo (num_kv_heads=2 silently giving MHA
+# would corrupt a benchmark cell), so it raises.
+_TRANSFORMERS_KWARGS = frozenset(
+    {
+        "attn_implementation",
+        "experts_implementation",
+        "model_type",
+        "name_or_path",
+        "output_attentions",
+        "torch_dtype",
+        "num_labels",
+        "per_layer_config",
+    }
+)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 class EfficientLMConfig(PreTrainedConfig):
@@ -82,23 +105,34 @@ class EfficientLMConfig(PreTrainedConfig):
     """Score kernel, a key of models.attention.ATTENTION_KERNELS: "sdpa" (fast) or "eager" (FLOP-countable)."""
 
     def __post_init__(self, **kwargs: Any) -> None:
+        self._reject_unknown_keys(kwargs)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int):
-            if self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads:
+        if self.head_dim is None and _is_positive_int(self.hidden_size) and _is_positive_int(self.num_attention_heads):
+            if self.hidden_size % self.num_attention_heads:
                 raise ValueError(
                     f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
                     f"({self.num_attention_heads}); set head_dim explicitly"
                 )
-            self.head_dim = self.hidden_size // max(self.num_attention_heads, 1)
+            self.head_dim = self.hidden_size // self.num_attention_heads
         super().__post_init__(**kwargs)
         self.check()
+
+    def _reject_unknown_keys(self, kwargs: dict[str, Any]) -> None:
+        # generation parameters found in old config.json files: PreTrainedConfig drops them
+        allowed = _TRANSFORMERS_KWARGS | set(GenerationConfig._get_default_generation_params())
+        unknown = sorted(k for k in kwargs if k not in allowed and not k.startswith("_"))
+        if unknown:
+            fields = [f.name for f in dataclasses.fields(self)]
+            hints = {k: difflib.get_close_matches(k, fields, n=1, cutoff=0.6) for k in unknown}
+            hints_text = "; ".join(f"{k} (did you mean {h[0]}?)" if h else k for k, h in hints.items())
+            raise ValueError(f"unknown EfficientLMConfig key(s): {hints_text}")
 
     def check(self) -> None:
         """Raise ValueError naming the offending key. Runs at construction and before saving; call it after mutating."""
         for key in _POSITIVE_INTS:
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not _is_positive_int(value):
                 raise ValueError(f"{key} must be a positive int, got {value!r}")
         for key in ("rope_theta", "rms_norm_eps"):
             value = getattr(self, key)

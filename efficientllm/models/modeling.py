@@ -1,12 +1,12 @@
-"""The configurable decoder: embedding -> L x [RMSNorm -> attention -> +, RMSNorm -> feed-forward -> +] -> RMSNorm -> LM head.
+"""The configurable decoder: embed -> L x [norm -> attention -> add, norm -> feed-forward -> add] -> norm -> LM head.
 
 The block never looks at component names: it builds ``ATTENTION[config.attention]`` and ``MLP[config.mlp]``, and the
 model builds one ``POSITIONAL[config.positional]`` that it applies to the embeddings (``embed``), to the scores
 (``bias``, folded into the mask once per forward) and hands to every attention layer (``rotate``). With "gqa", "rope"
 and "swiglu" the network is numerically HF Llama, with the same parameter names.
 
-The classes are transformers ``PreTrainedModel``s: ``generate`` (with ``DynamicCache``), ``save_pretrained`` (safetensors)
-and ``AutoModelForCausalLM.from_pretrained`` work once ``efficientllm.models`` is imported.
+The classes are transformers ``PreTrainedModel``s: ``generate`` (with ``DynamicCache``), ``save_pretrained``
+(safetensors) and ``AutoModelForCausalLM.from_pretrained`` work once ``efficientllm.models`` is imported.
 
     python -c "from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM as M; \
 print(M(EfficientLMConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)))"
@@ -83,7 +83,9 @@ def build_attention_mask(
     return mask
 
 
-def default_position_ids(padding_mask: torch.Tensor | None, q_len: int, past_len: int, device: torch.device):
+def default_position_ids(
+    padding_mask: torch.Tensor | None, q_len: int, past_len: int, device: torch.device
+) -> torch.Tensor:
     """Positions of the new tokens: counted over real tokens only when a padding mask is given (so a left-padded
     row gets the same positions as the unpadded sequence), else past_len .. past_len + q_len - 1."""
     if padding_mask is not None:

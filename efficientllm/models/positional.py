@@ -40,9 +40,7 @@ class PositionalEncoding(nn.Module):
         """hidden (B, T, C), position_ids (B|1, T) -> (B, T, C)."""
         return hidden
 
-    def rotate(
-        self, q: torch.Tensor, k: torch.Tensor, position_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q (B, H, T, D), k (B, Hkv, T, D), position_ids (B|1, T) -> (q, k) of the same shapes."""
         return q, k
 
@@ -87,9 +85,7 @@ class RotaryPositional(PositionalEncoding):
         if config.head_dim % 2:
             raise ValueError(f"positional='rope' needs an even head_dim, got head_dim={config.head_dim}")
 
-    def rotate(
-        self, q: torch.Tensor, k: torch.Tensor, position_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq(q.device)  # (B|1, T, D/2), fp32 as in Llama
         angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B|1, 1, T, D) broadcasts over heads
         cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
