@@ -104,6 +104,48 @@ class EfficientLMConfig(PreTrainedConfig):
     attn_kernel: str = "sdpa"
     """Score kernel, a key of models.attention.ATTENTION_KERNELS: "sdpa" (fast) or "eager" (FLOP-countable)."""
 
+    # --- MLA (multi-head latent attention, DeepSeek-V2/V3); read only when attention == "mla" ---
+    q_lora_rank: int | None = None
+    """Rank of the low-rank query projection; None projects queries directly from the hidden state."""
+    kv_lora_rank: int = 32
+    """Width of the compressed KV latent c_kv, the thing MLA caches per token (plus the rope key)."""
+    qk_rope_head_dim: int = 8
+    """Per-head width of the decoupled RoPE part of q and k (the rope key is shared by all heads and cached)."""
+    qk_nope_head_dim: int | None = None
+    """Per-head width of the non-rotary part of q and k; None means head_dim."""
+    v_head_dim: int | None = None
+    """Per-head width of the values; None means head_dim."""
+
+    # --- NSA (native sparse attention, arXiv 2502.11089); read only when attention == "nsa" ---
+    nsa_compress_block_size: int = 16
+    """Tokens per compressed block (the compression branch)."""
+    nsa_compress_stride: int = 8
+    """Stride between compressed blocks."""
+    nsa_selection_block_size: int = 16
+    """Tokens per selectable block (the selection branch)."""
+    nsa_num_selected_blocks: int = 4
+    """Blocks each query selects (top-n by compressed attention score)."""
+    nsa_window_size: int = 32
+    """Sliding-window branch width."""
+
+    # --- relative position bias (T5-style buckets); read only when positional == "relative" ---
+    relative_num_buckets: int = 32
+    """Buckets of the relative-position bias."""
+    relative_max_distance: int = 128
+    """Distances beyond this share the last (log-spaced) bucket."""
+
+    # --- mixture of experts; read only when mlp == "moe" ---
+    num_experts: int = 8
+    """Routed experts E per MoE layer."""
+    num_experts_per_tok: int = 2
+    """Experts each token is routed to (top-k)."""
+    moe_intermediate_size: int | None = None
+    """Inner width of each expert; None means intermediate_size."""
+    num_shared_experts: int = 0
+    """Always-on experts beside the routed ones (DeepSeek-MoE style)."""
+    router_aux_loss_coef: float = 0.01
+    """Coefficient of the load-balancing auxiliary loss added to the training loss."""
+
     def __post_init__(self, **kwargs: Any) -> None:
         self._reject_unknown_keys(kwargs)
         if self.num_key_value_heads is None:
