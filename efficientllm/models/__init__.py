@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from efficientllm.models.accounting import count_parameters, flops_per_token, kv_cache_bytes_per_token
 from efficientllm.models.attention import ATTENTION, ATTENTION_KERNELS, Attention, GroupedQueryAttention
 from efficientllm.models.configuration import EfficientLMConfig
+from efficientllm.models.mla import MultiHeadLatentAttention
 from efficientllm.models.mlp import MLP, FeedForward, SwiGLU
 from efficientllm.models.modeling import (
     DecoderBlock,
@@ -21,7 +22,13 @@ from efficientllm.models.modeling import (
     EfficientLMPreTrainedModel,
     RMSNorm,
 )
+from efficientllm.models.nsa import NativeSparseAttention
 from efficientllm.models.positional import POSITIONAL, PositionalEncoding, RotaryPositional
+
+# MLA and NSA subclass Attention (and MLA reuses modeling's RMSNorm), so attention.py cannot import them without a
+# cycle; they join the registry here, on package import, before any config check or model can read it.
+ATTENTION["mla"] = MultiHeadLatentAttention
+ATTENTION["nsa"] = NativeSparseAttention
 
 # exist_ok: importing twice (or reloading) must not raise.
 AutoConfig.register(EfficientLMConfig.model_type, EfficientLMConfig, exist_ok=True)
@@ -43,6 +50,8 @@ __all__ = [
     "EfficientLMPreTrainedModel",
     "FeedForward",
     "GroupedQueryAttention",
+    "MultiHeadLatentAttention",
+    "NativeSparseAttention",
     "PositionalEncoding",
     "RMSNorm",
     "RotaryPositional",

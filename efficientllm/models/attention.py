@@ -1,11 +1,11 @@
-"""Attention: the seam that MHA / MQA / GQA (and later MLA, NSA) plug into.
+"""Attention: the seam that MHA / MQA / GQA (here) and MLA, NSA (mla.py, nsa.py) plug into.
 
 An attention class takes the normed hidden states of one block and returns its update:
 
     forward(hidden (B, T, C), *, positional, position_ids, mask, past_key_values) -> (B, T, C)
 
 It owns everything between: its projections, calling ``positional.rotate`` on q and k, writing its own state into
-the transformers ``Cache`` (``past_key_values.update(..., self.layer_idx)``; MLA will cache its latent there instead
+the transformers ``Cache`` (``past_key_values.update(..., self.layer_idx)``; MLA caches its latent there instead
 of K and V), and the score kernel. Two class methods let accounting.py reason about it from the config alone:
 ``kv_cache_bytes_per_token`` (what one layer caches per token) and ``flops_per_token`` (its forward matmul FLOPs).
 
@@ -33,9 +33,10 @@ if TYPE_CHECKING:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Kernels. q (B, H, Tq, D); k, v (B, Hkv, Tk, D) with H a multiple of Hkv (query head h reads kv head h // (H/Hkv));
+# Kernels. q, k (B, H, Tq, D), (B, Hkv, Tk, D); v (B, Hkv, Tk, Dv) with H a multiple of Hkv (query head h reads kv
+# head h // (H/Hkv); Dv may differ from D, as in MLA);
 # mask: additive (B|1, 1|H, Tq, Tk), 0 where allowed and a large negative where not, or None meaning plain causal with
-# Tq == Tk. Returns (B, H, Tq, D).
+# Tq == Tk. Returns (B, H, Tq, Dv).
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -61,8 +62,8 @@ def eager_attention(
     else:
         scores = scores + mask
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)  # fp32 softmax, as HF eager does
-    out = probs.view(B, Hkv, (H // Hkv) * Tq, Tk) @ v  # (B, Hkv, G*Tq, D)
-    return out.view(B, H, Tq, D)
+    out = probs.view(B, Hkv, (H // Hkv) * Tq, Tk) @ v  # (B, Hkv, G*Tq, Dv)
+    return out.view(B, H, Tq, v.shape[-1])
 
 
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", float], torch.Tensor]

@@ -104,35 +104,36 @@ class EfficientLMConfig(PreTrainedConfig):
     attn_kernel: str = "sdpa"
     """Score kernel, a key of models.attention.ATTENTION_KERNELS: "sdpa" (fast) or "eager" (FLOP-countable)."""
 
-    # --- MLA (multi-head latent attention, DeepSeek-V2/V3); read only when attention == "mla" ---
+    # --- MLA (multi-head latent attention, DeepSeek-V2/V3; models/mla.py); read only when attention == "mla" ---
     q_lora_rank: int | None = None
     """Rank of the low-rank query projection; None projects queries directly from the hidden state."""
     kv_lora_rank: int = 32
-    """Width of the compressed KV latent c_kv, the thing MLA caches per token (plus the rope key)."""
+    """Width r of the compressed KV latent c_kv; MLA caches r + qk_rope_head_dim numbers per token and layer."""
     qk_rope_head_dim: int = 8
-    """Per-head width of the decoupled RoPE part of q and k (the rope key is shared by all heads and cached)."""
+    """Per-head width of the decoupled RoPE part of q and k (even under rope; the rope key is shared and cached)."""
     qk_nope_head_dim: int | None = None
     """Per-head width of the non-rotary part of q and k; None means head_dim."""
     v_head_dim: int | None = None
     """Per-head width of the values; None means head_dim."""
 
-    # --- NSA (native sparse attention, arXiv 2502.11089); read only when attention == "nsa" ---
+    # --- NSA (native sparse attention, arXiv 2502.11089; models/nsa.py); read only when attention == "nsa" ---
     nsa_compress_block_size: int = 16
-    """Tokens per compressed block (the compression branch)."""
+    """Tokens per compressed block l (the compression branch); must divide max_position_embeddings."""
     nsa_compress_stride: int = 8
-    """Stride between compressed blocks."""
+    """Stride d between compressed block starts, <= nsa_compress_block_size (blocks overlap when smaller)."""
     nsa_selection_block_size: int = 16
-    """Tokens per selectable block (the selection branch)."""
+    """Tokens per selectable block l' (the selection branch); must divide max_position_embeddings."""
     nsa_num_selected_blocks: int = 4
-    """Blocks each query selects (top-n by compressed attention score)."""
+    """Blocks n each query attends to in full, at most max_position_embeddings / l': its own block, the initial
+    block and the previous block always, then the highest compressed-attention scores."""
     nsa_window_size: int = 32
-    """Sliding-window branch width."""
+    """Sliding-window branch width w in tokens (the query's own included), <= max_position_embeddings."""
 
     # --- relative position bias (T5-style buckets); read only when positional == "relative" ---
     relative_num_buckets: int = 32
-    """Buckets of the relative-position bias."""
+    """Buckets of the causal relative-position bias (>= 2): the first half exact distances, the rest log-spaced."""
     relative_max_distance: int = 128
-    """Distances beyond this share the last (log-spaced) bucket."""
+    """Distances from this on share the last bucket (must exceed relative_num_buckets // 2)."""
 
     # --- mixture of experts; read only when mlp == "moe" ---
     num_experts: int = 8
@@ -142,9 +143,9 @@ class EfficientLMConfig(PreTrainedConfig):
     moe_intermediate_size: int | None = None
     """Inner width of each expert; None means intermediate_size."""
     num_shared_experts: int = 0
-    """Always-on experts beside the routed ones (DeepSeek-MoE style)."""
+    """Always-on experts beside the routed ones, each moe_intermediate_size wide (DeepSeek-MoE style)."""
     router_aux_loss_coef: float = 0.01
-    """Coefficient of the load-balancing auxiliary loss added to the training loss."""
+    """Coefficient of the load-balancing loss E * sum_i f_i * P_i (1 at uniform routing) added to the training loss."""
 
     def __post_init__(self, **kwargs: Any) -> None:
         self._reject_unknown_keys(kwargs)

@@ -1,4 +1,4 @@
-"""Feed-forward layers: the seam for dense MLPs and (next) sparse mixtures of experts.
+"""Feed-forward layers: the seam for dense MLPs and sparse mixtures of experts (``moe``, in moe.py).
 
 A feed-forward class maps (B, T, C) -> ((B, T, C), aux_loss | None). The auxiliary loss (an MoE load-balancing term,
 already scaled by its coefficient) is summed over layers by the model, exposed as ``outputs.aux_loss`` and added to
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from efficientllm.models.moe import MixtureOfExperts
 
 if TYPE_CHECKING:
     from efficientllm.models.configuration import EfficientLMConfig
@@ -68,4 +70,5 @@ class SwiGLU(FeedForward):
 
 MLP: dict[str, type[FeedForward]] = {
     "swiglu": SwiGLU,
+    "moe": MixtureOfExperts,  # moe.py; it implements the FeedForward contract without importing this module
 }
