@@ -17,7 +17,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test test-fast lint bench clean-venv
+.PHONY: run test test-fast lint bench flow ui clean-venv profile
 
 $(VENV)/.installed: pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,24 @@ test-fast: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
+# A profile from profiles/ as DVC experiments, e.g. `make profile PROFILE=paper-pretrain SIZE=1.5b`
+# (SIZE=all: every size; ARGS=--dry-run prints the dvc commands). The profile's env (network for the hub) applies.
+PROFILE ?= paper-pretrain
+profile: $(VENV)/.installed
+	$(BIN)/efficientllm profile $(PROFILE) $(if $(SIZE),--size $(SIZE)) $(ARGS)
+
 bench: $(VENV)/.installed
 	$(BIN)/python bench/harness_overhead.py
+
+# The pipeline as a Prefect flow (one task per DVC cell). Without PREFECT_API_URL it runs on Prefect's
+# ephemeral local API; with PREFECT_API_URL=http://127.0.0.1:4200/api (after `make ui`) it shows in the UI.
+# Choose what runs with FLOW_ARGS, e.g. make flow FLOW_ARGS="--cells 'pretrain@gqa*'".
+flow: $(VENV)/.installed
+	$(BIN)/python -m flows.benchmark $(FLOW_ARGS)
+
+# The Prefect server and UI on http://127.0.0.1:4200 (loopback only; state in $(PREFECT_HOME)).
+ui: $(VENV)/.installed
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 clean-venv:
 	rm -rf $(VENV)

@@ -174,8 +174,43 @@ def sql(argv: list[str]) -> int:
     return 0
 
 
+def profile(argv: list[str]) -> int:
+    """Run a profile (profiles/NAME.yaml, e.g. paper-pretrain) as DVC experiments, one per model size."""
+    from efficientllm.profiles import profile_command
+
+    return profile_command(argv)
+
+
+def export(argv: list[str]) -> int:
+    """Export a pretrained variant to a standard architecture (Llama) loadable without this package."""
+    parser = argparse.ArgumentParser(
+        prog="efficientllm export",
+        description="Write a pretrained EfficientLM variant (gqa/mqa/mha attention + rope + swiglu) as a plain "
+        "transformers checkpoint. The exported logits are checked against the source model before writing.",
+        epilog="example: efficientllm export models/pretrain/mha exports/mha-llama",
+    )
+    parser.add_argument("model_dir", help="a saved model directory (e.g. models/pretrain/<variant>)")
+    parser.add_argument("out_dir", help="where to write the exported checkpoint")
+    parser.add_argument("--format", default="llama", help="target architecture (default: %(default)s)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the logits parity check")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    args = parser.parse_args(argv)
+
+    from efficientllm import export as exporting
+
+    try:
+        out = exporting.export(args.model_dir, args.out_dir, args.format, verify=not args.no_verify,
+                               overwrite=args.overwrite)
+    except (exporting.ExportError, FileNotFoundError) as e:
+        return _fail("export", e)
+    print(f"efficientllm export: wrote {args.format} checkpoint to {out}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "sql": sql,
+    "profile": profile,
+    "export": export,
 }
 """Subcommands by name; `efficientllm <name> --help` shows each one's flags."""
 

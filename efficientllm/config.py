@@ -39,11 +39,22 @@ class MatrixConfig:
 
     pretrain: tuple[str, ...] = ("mha",)
     """Pretraining recipe slugs, each defined in the `variants` section."""
+    finetune_methods: tuple[str, ...] = ("lora",)
+    """Fine-tuning method slugs (efficientllm.techniques.METHODS); the finetune matrix is methods x datasets."""
+    finetune_datasets: tuple[str, ...] = ("arith",)
+    """SFT dataset slugs, each defined in `sft.datasets`; one prepare_sft cell per slug."""
+    quantize: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int4", "fp4")
+    """Precision slugs (efficientllm.techniques.quantization.PRECISIONS) of the `quantize` stage (the pretrained
+    base) and of every hub model of `quantize_hub`; `bf16` is the reference of MCR and the quality gate."""
+    quantize_sft: tuple[str, ...] = ("bf16", "int8", "int4")
+    """Precision slugs of the `quantize_sft` stage (the fine-tuned model); empty: no such cells."""
+    quantize_hub: tuple[str, ...] = ()
+    """Hub model slugs (keys of `quantize.hub_models`) of the `quantize_hub` stage; empty: no such cells."""
 
     def __post_init__(self) -> None:
-        for stage in ("pretrain",):
+        for stage in ("pretrain", "finetune_methods", "finetune_datasets", "quantize", "quantize_sft", "quantize_hub"):
             slugs = getattr(self, stage)
-            if not slugs:
+            if not slugs and stage not in ("quantize_sft", "quantize_hub"):
                 raise ConfigError(f"[matrix] {stage}: the list is empty")
             for slug in slugs:
                 if not SLUG_RE.match(slug):
@@ -54,10 +65,27 @@ class MatrixConfig:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    source: str = field(default="stdlib_docs", metadata=_meta(choices=("stdlib_docs", "text_files")))
-    """Corpus source slug: `stdlib_docs` (the documentation every CPython carries; offline) or `text_files`."""
+    source: str = field(default="stdlib_docs", metadata=_meta(choices=("stdlib_docs", "text_files", "fineweb_edu")))
+    """Corpus source slug: `stdlib_docs` (the documentation every CPython carries; offline), `text_files` or
+    `fineweb_edu` (the hub, or local parquet / jsonl shards in `source_paths`)."""
     source_paths: tuple[str, ...] = ()
-    """Files for the `text_files` source (.txt, or .jsonl with a `text` field)."""
+    """Files for `text_files` (.txt, or .jsonl with a `text` field) and `fineweb_edu` (.parquet / .jsonl, folders;
+    empty: stream from the hub)."""
+    hub_id: str = "HuggingFaceFW/fineweb-edu"
+    """fineweb_edu: hub dataset id, streamed with `datasets` when `source_paths` is empty (needs network)."""
+    hub_config: str | None = "sample-10BT"
+    """fineweb_edu: hub config name (sample-10BT, sample-100BT, sample-350BT, default, CC-MAIN-<dump>)."""
+    hub_split: str = "train"
+    """fineweb_edu: hub split."""
+    hub_revision: str | None = None
+    """fineweb_edu: hub revision (a commit sha pins the exact documents; None: main)."""
+    min_int_score: int | None = field(default=None, metadata=_meta(min=0, max=5))
+    """fineweb_edu: keep documents with int_score >= this (where the column exists; None: no filter)."""
+    max_chars: int | None = field(default=None, metadata=_meta(min=1))
+    """fineweb_edu: stop once the kept documents reach this many characters (None: no char budget)."""
+    max_source_tokens: int | None = field(default=None, metadata=_meta(min=1))
+    """fineweb_edu: stop once the kept documents reach this many tokens of the dataset's own `token_count`
+    column (GPT-2 tokens; None: no token budget)."""
     vocab_size: int = field(default=2048, metadata=_meta(min=260))
     """Byte-level BPE vocabulary size, special tokens included."""
     block_len: int = field(default=128, metadata=_meta(min=8))
@@ -116,12 +144,147 @@ class PretrainConfig:
     """Validation batches for perplexity (fixed blocks, the same for every variant)."""
     seed: int = 1234
     """Seed of model init and batch order."""
+    dtype: str = field(default="auto", metadata=_meta(choices=("auto", "float32", "bfloat16")))
+    """Compute dtype: bfloat16 autocast (fp32 weights and optimizer state), float32, or auto (bf16 on a CUDA
+    device that supports it, else fp32)."""
+    micro_batch_size: int | None = field(default=None, metadata=_meta(min=1))
+    """Sequences per forward on one device; batch_size / (processes x micro_batch_size) forwards accumulate
+    gradients into one step. None: batch_size / processes (no accumulation)."""
+    gradient_checkpointing: bool = False
+    """Recompute each block's activations in the backward (less memory, ~1/3 more compute)."""
+    nproc_per_node: int = field(default=1, metadata=_meta(min=1))
+    """Training processes (devices) on this machine; > 1 makes the stage launch itself under torchrun
+    (nccl on GPUs, gloo on CPU). batch_size is global: each process trains on batch_size / nproc_per_node."""
+    parallelism: str = field(default="ddp", metadata=_meta(choices=("ddp", "fsdp")))
+    """With several processes: ddp (a full replica per device) or fsdp (parameters, gradients and optimizer
+    state sharded over devices: the larger shapes)."""
 
     def __post_init__(self) -> None:
         if self.measure_warmup_steps >= self.steps:
             raise ConfigError(
                 f"[pretrain] measure_warmup_steps={self.measure_warmup_steps} must be < steps={self.steps}"
             )
+        if self.batch_size % self.nproc_per_node:
+            raise ConfigError(
+                f"[pretrain] batch_size={self.batch_size} must be a multiple of nproc_per_node={self.nproc_per_node}"
+            )
+        per_process = self.batch_size // self.nproc_per_node
+        if self.micro_batch_size is not None and per_process % self.micro_batch_size:
+            raise ConfigError(
+                f"[pretrain] micro_batch_size={self.micro_batch_size} must divide batch_size / nproc_per_node "
+                f"= {per_process}"
+            )
+
+
+def _default_sft_datasets() -> dict[str, Any]:
+    return {"arith": {"source": "arith"}, "medical": {"source": "arith_medical"}}
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Fine-tuning data: the dataset specs, the train/eval split, and how records become token ids."""
+
+    datasets: dict[str, Any] = field(default_factory=_default_sft_datasets)
+    """Dataset slug -> spec `{source: <slug>, **kwargs}`; sources and their keys in efficientllm.data.sft.SFT_SOURCES
+    (arith, arith_medical, openo1, medical_o1; `path:` local files or `hub_id:` + `revision:`)."""
+    eval_fraction: float = field(default=0.1, metadata=_meta(min=0.0, max=0.5, min_exclusive=True))
+    """Share of records held out for eval loss and exact match (a seeded split)."""
+    max_eval_examples: int | None = field(default=64, metadata=_meta(min=1))
+    """Cap on eval records (None: no cap)."""
+    seed: int = 1234
+    """Seed of the generator sources and of the train/eval split."""
+    template: str = field(default="auto", metadata=_meta(choices=("auto", "chat", "plain")))
+    """auto: the tokenizer's chat template when it has one, else `prompt_template`."""
+    prompt_template: str = "Question: {instruction}\nAnswer:\n"
+    """The plain prompt; `{instruction}` is replaced by the record's instruction, the response follows."""
+    max_seq_len: int = field(default=128, metadata=_meta(min=8))
+    """Tokens per training sequence (prompt + response); batches are padded to it."""
+    overlong: str = field(default="truncate", metadata=_meta(choices=("truncate", "drop")))
+    """What happens to a longer sequence: cut to max_seq_len, or left out (counts go in the row)."""
+
+    def __post_init__(self) -> None:
+        if "{instruction}" not in self.prompt_template:
+            raise ConfigError("[sft] prompt_template: must contain {instruction}")
+        if not self.datasets:
+            raise ConfigError("[sft] datasets: the mapping is empty")
+        for slug, spec in self.datasets.items():
+            if not isinstance(slug, str) or not SLUG_RE.match(slug):
+                raise ConfigError(f"[sft] datasets: bad slug {slug!r} (lowercase letters, digits, - and _)")
+            if not isinstance(spec, Mapping) or "source" not in spec:
+                raise ConfigError(f"[sft] datasets.{slug}: expected a mapping with a `source` key, got {spec!r}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning: the base model, the shared recipe (same data, batch, steps and window for every method) and
+    each method's knobs. Full fine-tuning runs at the same batch size as the PEFT methods."""
+
+    base_model: str = "models/pretrain/mha"
+    """The model every method starts from: a local directory (default: the pretrain stage's base) or a hub id."""
+    base_revision: str | None = None
+    """Hub revision (a commit sha) of a hub base_model; None for local directories."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N (auto: cuda when available)."""
+    dtype: str = field(default="auto", metadata=_meta(choices=("auto", "float32", "bfloat16", "float16")))
+    """Weights dtype of the base (auto: bfloat16 on a CUDA device that supports it, else float32)."""
+    batch_size: int = field(default=4, metadata=_meta(min=1))
+    """Sequences per micro-batch, the same for every method (full fine-tuning included)."""
+    grad_accum_steps: int = field(default=1, metadata=_meta(min=1))
+    """Micro-batches per optimizer step (samples per step = batch_size x grad_accum_steps)."""
+    steps: int | None = field(default=24, metadata=_meta(min=1))
+    """Optimizer steps (None: `epochs` passes over the train split)."""
+    epochs: float = field(default=1.0, metadata=_meta(min=0.0, min_exclusive=True))
+    """Passes over the train split when steps is None."""
+    lr: float = field(default=2e-3, metadata=_meta(min=0.0, min_exclusive=True))
+    """Peak AdamW learning rate of the adapter methods (lora, loraplus's A matrices, rslora, dora, pissa, qlora)."""
+    full_lr: float = field(default=5e-4, metadata=_meta(min=0.0, min_exclusive=True))
+    """Peak learning rate of the methods that update base weights (full, freeze)."""
+    lr_warmup_steps: int = field(default=2, metadata=_meta(min=0))
+    """Linear warm-up steps, then cosine decay to 10% of the peak."""
+    weight_decay: float = field(default=0.0, metadata=_meta(min=0.0))
+    """AdamW weight decay."""
+    grad_clip: float = field(default=1.0, metadata=_meta(min=0.0))
+    """Gradient-norm clipping (0: off)."""
+    lora_r: int = field(default=8, metadata=_meta(min=1))
+    """Adapter rank r of every LoRA-family method."""
+    lora_alpha: int = field(default=16, metadata=_meta(min=1))
+    """LoRA alpha: the update is scaled by alpha / r (rslora: alpha / sqrt(r))."""
+    lora_dropout: float = field(default=0.0, metadata=_meta(min=0.0, max=1.0))
+    """Dropout on the adapter input."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Module names that get adapters (Llama names; every attention and MLP projection by default)."""
+    loraplus_lr_ratio: float = field(default=16.0, metadata=_meta(min=1.0))
+    """LoRA+: learning rate of the B matrices / that of the A matrices."""
+    pissa_init: str = "pissa"
+    """PiSSA initialisation: `pissa` (full SVD) or `pissa_niter_<n>` (fast randomised SVD with n iterations)."""
+    freeze_trainable_blocks: int = field(default=1, metadata=_meta(min=0))
+    """freeze: how many of the last decoder blocks train (with the final norm and the LM head)."""
+    qlora_quant_type: str = field(default="nf4", metadata=_meta(choices=("nf4", "fp4")))
+    """QLoRA: 4-bit data type of the frozen base (bitsandbytes)."""
+    qlora_double_quant: bool = True
+    """QLoRA: quantize the quantization constants too (saves ~0.4 bit per weight)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    measure_warmup_steps: int = field(default=4, metadata=_meta(min=0))
+    """Optimizer steps excluded from the measured window (same shapes as the timed steps)."""
+    eval_examples: int = field(default=32, metadata=_meta(min=1))
+    """Eval records for the eval loss (response tokens only; capped by the eval split)."""
+    gen_eval_examples: int = field(default=16, metadata=_meta(min=0))
+    """Eval records answered by greedy generation for exact match (0: off; only records with an `answer`)."""
+    max_new_tokens: int = field(default=64, metadata=_meta(min=1))
+    """Generation budget of the exact-match check."""
+    seed: int = 1234
+    """Seed of adapter init, dropout and batch order."""
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.measure_warmup_steps >= self.steps:
+            raise ConfigError(
+                f"[finetune] measure_warmup_steps={self.measure_warmup_steps} must be < steps={self.steps}"
+            )
+        if not self.target_modules:
+            raise ConfigError("[finetune] target_modules: the list is empty")
+        if not re.fullmatch(r"pissa(_niter_[1-9][0-9]*)?", self.pissa_init):
+            raise ConfigError(f"[finetune] pissa_init: {self.pissa_init!r} is not pissa or pissa_niter_<n>")
 
 
 @dataclass(frozen=True)
@@ -138,8 +301,146 @@ class MeasureConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
+    """The report stage (and `efficientllm sql` / `compare` / `recommend`, which read this section when present)."""
+
     title: str = "efficientllm report"
     """Title of reports/index.md."""
+    usd_per_device_hour: float | None = field(default=1.0, metadata=_meta(min=0.0))
+    """USER-SET ASSUMPTION, not measured: what one device (a GPU, or the whole CPU machine) costs per hour, USD.
+    The cost columns (USD per million tokens) are price x device-hours per token. The default 1.0 is a round
+    placeholder; set your own price. None: no cost columns."""
+    grid_g_co2_per_kwh: float | None = field(default=400.0, metadata=_meta(min=0.0))
+    """USER-SET ASSUMPTION, not measured: carbon intensity of the electricity, grams CO2 per kWh. The CO2 columns
+    are energy per token x this. The default 400 is a round placeholder near a world-average grid; set your own
+    grid's figure. None: no CO2 columns."""
+
+
+_FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """The quantization / inference axis: how each precision loads, the fixed inference workload, the quality gate."""
+
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N (auto: cuda when available)."""
+    compute_dtype_4bit: str = field(default="bfloat16", metadata=_meta(choices=_FLOAT_DTYPES))
+    """int4 / fp4: dtype the dequantized 4-bit weights multiply in (bitsandbytes bnb_4bit_compute_dtype)."""
+    double_quant_4bit: bool = True
+    """int4 / fp4: quantize the per-block absmax constants too (QLoRA's double quantization, ~0.4 bit / weight)."""
+    int8_threshold: float = field(default=6.0, metadata=_meta(min=0.0))
+    """int8: LLM.int8 outlier threshold (activation columns above it take the fp16 path; 0: none)."""
+    unquantized_dtype: str = field(default="bfloat16", metadata=_meta(choices=_FLOAT_DTYPES))
+    """int8 / int4 / fp4: dtype of what bitsandbytes leaves unquantized (embeddings, norms, LM head); bf16 like the
+    reference cell, so measured bytes compare like with like."""
+    batch_size: int = field(default=4, metadata=_meta(min=1))
+    """Sequences per generate request of the timed workload."""
+    prompt_len: int = field(default=32, metadata=_meta(min=1))
+    """Prompt tokens per sequence (the first tokens of held-out blocks; <= the corpus block_len)."""
+    max_new_tokens: int = field(default=16, metadata=_meta(min=2))
+    """Generated tokens per sequence; min_new_tokens is set equal, decoding is greedy."""
+    warmup_runs: int = field(default=1, metadata=_meta(min=0))
+    """Untimed generate requests before each pass (same shapes, full generation length)."""
+    min_runs: int = field(default=3, metadata=_meta(min=1))
+    """Timed requests per pass: at least this many ..."""
+    min_duration_s: float = field(default=1.0, metadata=_meta(min=0.0))
+    """... and at least this long in total (both must hold) ..."""
+    max_runs: int = field(default=1000, metadata=_meta(min=1))
+    """... and never more than this many."""
+    memory_budget_mib: float = field(default=16.0, metadata=_meta(min=0.0, min_exclusive=True))
+    """Memory budget (MiB) for weights + KV cache: the row reports the largest batch that fits it (computed from
+    weight bytes and KV-cache bytes per token, then checked by one request at that batch)."""
+    ppl_blocks: int = field(default=16, metadata=_meta(min=1))
+    """Held-out blocks of the pretraining corpus for perplexity (the first ones: the same tokens for every
+    precision)."""
+    ppl_batch_size: int = field(default=8, metadata=_meta(min=1))
+    """Blocks per perplexity forward."""
+    quality_gate_ratio: float = field(default=0.99, metadata=_meta(min=0.0, max=1.0, min_exclusive=True))
+    """A cell passes the quality gate when its task score >= this x the bf16 cell's (MLPerf uses 0.99)."""
+    hub_models: dict[str, Any] = field(default_factory=dict)
+    """quantize_hub: model slug -> {id: <hub id>, revision: <commit sha or null>} (loaded from the hub; needs
+    network)."""
+    seed: int = 1234
+    """Seed set before loading and generating (greedy decoding itself is deterministic)."""
+
+    def __post_init__(self) -> None:
+        if self.min_runs > self.max_runs:
+            raise ConfigError(f"[quantize] min_runs={self.min_runs} must be <= max_runs={self.max_runs}")
+        for slug, spec in self.hub_models.items():
+            if not isinstance(slug, str) or not SLUG_RE.match(slug):
+                raise ConfigError(f"[quantize] hub_models: bad slug {slug!r} (lowercase letters, digits, - and _)")
+            if slug in ("base", "sft"):
+                raise ConfigError(f"[quantize] hub_models: slug {slug!r} is taken by the pipeline's own models")
+            if not isinstance(spec, Mapping) or not isinstance(spec.get("id"), str):
+                raise ConfigError(
+                    f"[quantize] hub_models.{slug}: expected {{id: <hub id>, revision: ...}}, got {spec!r}"
+                )
+            unknown = sorted(set(spec) - {"id", "revision"})
+            if unknown:
+                raise ConfigError(f"[quantize] hub_models.{slug}: unknown key {unknown[0]!r} (allowed: id, revision)")
+
+
+def _default_eval_tasks() -> dict[str, Any]:
+    return {"quantize": ["efficientllm_cloze"], "quantize_sft": ["efficientllm_arith", "efficientllm_cloze"],
+            "quantize_hub": ["efficientllm_cloze"]}
+
+
+def _default_eval_metrics() -> dict[str, Any]:
+    return {"efficientllm_cloze": "acc_mutual_info", "efficientllm_arith": "exact_match",
+            "efficientllm_arc_easy": "acc_norm"}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Task scores through lm-evaluation-harness (`simple_evaluate` on the in-memory model of a quantize cell)."""
+
+    tasks: dict[str, Any] = field(default_factory=_default_eval_tasks)
+    """Quantize stage name -> lm-eval task names it runs on every cell; the cell's quality score is the mean of the
+    tasks' primary metrics (as the paper averaged its tasks)."""
+    metrics: dict[str, Any] = field(default_factory=_default_eval_metrics)
+    """Task name -> its primary metric (higher is better), e.g. acc, acc_norm, acc_mutual_info, exact_match."""
+    tasks_dir: str = "tasks"
+    """Folder of the repository's task YAMLs (lm-eval include_path)."""
+    data_files: dict[str, Any] = field(default_factory=dict)
+    """Task name -> a local data file replacing the one its YAML names (e.g. efficientllm_arc_easy -> an ARC-Easy
+    jsonl)."""
+    batch_size: int = field(default=16, metadata=_meta(min=1))
+    """lm-eval batch size, pinned (never `auto`) and recorded in the row: scores can move with padding."""
+    limit: int | None = field(default=None, metadata=_meta(min=1))
+    """Documents per task (None: all)."""
+    num_fewshot: int | None = field(default=None, metadata=_meta(min=0))
+    """Few-shot examples (None: each task's own setting, e.g. the leaderboard's)."""
+    apply_chat_template: bool = False
+    """Format prompts with the tokenizer's chat template (instruction-tuned hub models)."""
+
+    def __post_init__(self) -> None:
+        for stage, names in self.tasks.items():
+            if not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) for n in names):
+                raise ConfigError(f"[eval] tasks.{stage}: expected a non-empty list of task names, got {names!r}")
+            for name in names:
+                if name not in self.metrics:
+                    raise ConfigError(f"[eval] tasks.{stage}: task {name!r} has no primary metric in eval.metrics")
+        for name, path in self.data_files.items():
+            if not isinstance(path, str) or not path:
+                raise ConfigError(f"[eval] data_files.{name}: expected a file path, got {path!r}")
+
+
+@dataclass(frozen=True)
+class ClozeConfig:
+    """The cloze task built from held-out pretraining text (efficientllm.data.cloze; stage `cloze`)."""
+
+    n_choices: int = field(default=4, metadata=_meta(min=2))
+    """Choices per item: the true continuation + n_choices - 1 spans from other documents (chance = 1 / n_choices)."""
+    context_words: int = field(default=32, metadata=_meta(min=1))
+    """Words of context before the continuation."""
+    continuation_words: int = field(default=4, metadata=_meta(min=1))
+    """Words per choice (short: the junction with the context carries more of the evidence)."""
+    items_per_doc: int = field(default=2, metadata=_meta(min=1))
+    """Items cut from each held-out document long enough."""
+    max_items: int | None = field(default=None, metadata=_meta(min=1))
+    """Cap on items (None: all)."""
+    seed: int = 1234
+    """Seed of cut positions, distractors and choice order."""
 
 
 SECTIONS: dict[str, type] = {
@@ -147,8 +448,13 @@ SECTIONS: dict[str, type] = {
     "prepare": PrepareConfig,
     "model": ModelConfig,
     "pretrain": PretrainConfig,
+    "sft": SFTConfig,
+    "finetune": FinetuneConfig,
     "measure": MeasureConfig,
     "report": ReportConfig,
+    "quantize": QuantizeConfig,
+    "eval": EvalConfig,
+    "cloze": ClozeConfig,
 }
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
 import time
 import uuid
@@ -26,6 +25,19 @@ import torch
 from efficientllm.atomic import atomic_dir
 from efficientllm.config import ConfigError, MeasureConfig, ModelConfig, PretrainConfig
 from efficientllm.data import iterate_batches, load_blocks, load_stats
+from efficientllm.distributed import (
+    DistContext,
+    aggregate_windows,
+    full_state_dict,
+    gradient_sync,
+    is_sharded,
+    micro_batching,
+    per_device_summary,
+    single_process,
+    unsharded_copy,
+    window_payload,
+    wrap_model,
+)
 from efficientllm.measure import (
     MeasurementWindow,
     StepTimer,
@@ -34,13 +46,12 @@ from efficientllm.measure import (
     metrics,
     mfu,
     num_threads,
-    resolve_device,
     summarize,
     synchronize,
 )
 from efficientllm.measure.provenance import provenance
-from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM
-from efficientllm.models.accounting import count_parameters, flops_per_token, kv_cache_bytes_per_token
+from efficientllm.models.accounting import count_parameters
+from efficientllm.models.baselines import Variant, describe_variant, resolve_recipe
 
 
 class TrainingDiverged(RuntimeError):
@@ -55,31 +66,29 @@ class PretrainOutcome:
     """One record per step: step, loss, lr, tokens, step_s."""
 
 
-def model_config(slug: str, base: ModelConfig, recipe: dict[str, Any], tokenizer: Any,
-                 block_len: int) -> EfficientLMConfig:
-    """The full model config of a variant: base shape, then the recipe's overrides, then the data's vocab.
+def model_variant(slug: str, base: ModelConfig, recipe: dict[str, Any], tokenizer: Any, block_len: int) -> Variant:
+    """A variant's family, full config and budget sizing: base shape, then the recipe's overrides, then the data's
+    vocabulary and special tokens, then (when the recipe sets `param_budget`) the parameter-budget search.
 
     Unknown recipe keys and values the model rejects raise ConfigError naming `[variants] <slug>`.
+    See efficientllm.models.baselines for the `family`, `param_budget` and `size_by` keys.
     """
-    allowed = set(inspect.signature(EfficientLMConfig.__init__).parameters) - {"self", "kwargs"}
-    fixed = {"vocab_size", "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"}
-    for key in recipe:
-        if key in fixed:
-            raise ConfigError(f"[variants] {slug}: {key!r} is set by the prepared data, not by a recipe")
-        if key not in allowed:
-            raise ConfigError(f"[variants] {slug}: unknown key {key!r} (allowed: {', '.join(sorted(allowed - fixed))})")
-    kwargs = {**dataclasses.asdict(base), **recipe}
-    kwargs.update(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=block_len,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    data = {
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": block_len,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     try:
-        return EfficientLMConfig(**kwargs)
+        return resolve_recipe(dataclasses.asdict(base), recipe, data)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"[variants] {slug}: {e}") from None
+
+
+def model_config(slug: str, base: ModelConfig, recipe: dict[str, Any], tokenizer: Any, block_len: int) -> Any:
+    """The transformers config of a variant (an EfficientLMConfig, or a baseline family's config)."""
+    return model_variant(slug, base, recipe, tokenizer, block_len).config
 
 
 def _lr_lambda(cfg: PretrainConfig):
@@ -99,36 +108,55 @@ def _optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.device
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
+    fused = device.type == "cuda" and not is_sharded(model)  # sharded (FSDP) parameters: the foreach path
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
 
-def _autocast(device: torch.device) -> tuple[contextlib.AbstractContextManager, str]:
-    """bf16 autocast on CUDA (weights and optimizer state stay fp32); plain fp32 on CPU."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16), "bfloat16"
+def _autocast(device: torch.device, dtype: str = "auto") -> tuple[contextlib.AbstractContextManager, str]:
+    """bf16 autocast (weights and optimizer state stay fp32) or plain fp32; `auto`: bf16 on CUDA where supported."""
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "bfloat16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"[pretrain] dtype: bfloat16 is not supported on {device}")
+        return torch.autocast(device.type, dtype=torch.bfloat16), "bfloat16"
     return contextlib.nullcontext(), "float32"
 
 
 @torch.no_grad()
 def evaluate_perplexity(model: torch.nn.Module, val_blocks: Any, batch_size: int, n_batches: int,
-                        device: torch.device) -> tuple[float, float]:
-    """(mean token loss, perplexity) over the first `n_batches` x `batch_size` validation blocks."""
+                        device: torch.device, *, dtype: str = "auto", dist: DistContext | None = None,
+                        micro_batch_size: int | None = None) -> tuple[float, float]:
+    """(mean token loss, perplexity) over the first `n_batches` x `batch_size` validation blocks.
+
+    The blocks are run `micro_batch_size` at a time (default: batch_size); under several processes the chunks
+    go round-robin to the ranks and the token-weighted sums are added up, so every rank gets the same figure.
+    """
+    dist = dist or single_process(device)
     model.eval()
     n_blocks = min(len(val_blocks), n_batches * batch_size)
     if n_blocks == 0:
         raise ValueError("no validation blocks: raise prepare.val_fraction or lower prepare.block_len")
+    chunk = micro_batch_size or batch_size
+    starts = list(range(0, n_blocks, chunk))
+    # A sharded (FSDP) forward is a collective: every rank runs as many as the busiest one, idle ones with weight 0.
+    rounds = -(-len(starts) // dist.world_size) if is_sharded(model) else None
+    mine = starts[dist.rank::dist.world_size]
     total, count = 0.0, 0
-    for start in range(0, n_blocks, batch_size):
-        batch = torch.as_tensor(val_blocks[start:min(start + batch_size, n_blocks)].astype("int64")).to(device)
-        ctx, _ = _autocast(device)
+    for i in range(rounds if rounds is not None else len(mine)):
+        start = mine[i] if i < len(mine) else starts[0]
+        batch = torch.as_tensor(val_blocks[start:min(start + chunk, n_blocks)].astype("int64")).to(device)
+        ctx, _ = _autocast(device, dtype)
         with ctx:
             out = model(input_ids=batch, labels=batch, use_cache=False)
+        if i >= len(mine):
+            continue
         n_targets = batch.numel() - batch.shape[0]  # shifted labels: T-1 targets per sequence
         # Perplexity is of the language-model loss alone, without auxiliary (e.g. MoE balance) terms.
         lm_loss = out.loss - out.aux_loss if getattr(out, "aux_loss", None) is not None else out.loss
         total += float(lm_loss) * n_targets
         count += n_targets
+    total, count = dist.sum([total, count])
     model.train()
     mean = total / count
     return mean, math.exp(mean)
@@ -141,11 +169,14 @@ def _save_model_atomic(model: torch.nn.Module, tokenizer: Any, out_dir: Path) ->
 
 
 def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: PretrainConfig,
-                  measure: MeasureConfig, data_dir: Path, model_out: Path | None) -> PretrainOutcome:
+                  measure: MeasureConfig, data_dir: Path, model_out: Path | None,
+                  dist: DistContext | None = None) -> PretrainOutcome:
     """Train variant `slug` from scratch on the prepared corpus and measure it.
 
     Raises ConfigError for a bad recipe and TrainingDiverged for a NaN/inf loss; the stage turns
     those into rows. Writes the trained model (safetensors + tokenizer) to `model_out` atomically.
+    Under several processes (`dist`, see efficientllm.distributed) every rank calls this; each trains on
+    its shard of every global batch, rank 0 writes the model and its return value holds the row.
     """
     from transformers import AutoTokenizer
 
@@ -155,19 +186,31 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
     train_blocks = load_blocks(data_dir / "train.npy")
     val_blocks = load_blocks(data_dir / "val.npy")
     block_len = int(train_blocks.shape[1])
-    mcfg = model_config(slug, base, recipe, tokenizer, block_len)
+    variant = model_variant(slug, base, recipe, tokenizer, block_len)
+    mcfg = variant.config
 
-    device = resolve_device(cfg.device)
+    dist = dist or single_process(cfg.device)
+    device = dist.device
+    micro_bs, accum = micro_batching(cfg.batch_size, dist.world_size, cfg.micro_batch_size)
     torch.manual_seed(cfg.seed)
-    model = EfficientLMForCausalLM(mcfg).to(device)
+    model = variant.build_model().to(device)
     model.train()
     params = count_parameters(model)
-    opt = _optimizer(model, cfg, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    autocast, dtype_name = _autocast(device)
+    model_cls, model_size_bytes = type(model), sum(p.numel() * p.element_size() for p in model.parameters())
+    autocast, dtype_name = _autocast(device, cfg.dtype)
     compute_dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float32
-    peak = measure_peak_flops(device, compute_dtype, n=measure.peak_calibration_n,
-                              cache_path=Path(measure.cache_dir) / "peak_flops.json")
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    # DDP replica / FSDP shards (identity for one process); `model` stays the module itself for eval and saving.
+    train_model = wrap_model(model, dist, cfg.parallelism, compute_dtype if compute_dtype != torch.float32 else None)
+    opt = _optimizer(train_model, cfg, device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    peak = None
+    if dist.is_main:  # one calibration: ranks run the same device model, and CPU ranks would contend for cores
+        peak = measure_peak_flops(device, compute_dtype, n=measure.peak_calibration_n,
+                                  cache_path=Path(measure.cache_dir) / "peak_flops.json")
+    peak = dist.broadcast(peak)
+    peak_total = peak["peak_flops_per_s"] * dist.world_size if peak["peak_flops_per_s"] else None
     # Input batches come from a seeded order; the model init above used the same seed.
 
     timer = StepTimer(sync=lambda: synchronize(device))
@@ -181,33 +224,45 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
             if step == cfg.measure_warmup_steps:
                 stack.enter_context(window)
             with timer.step():
-                batch = batch.to(device, non_blocking=True)
-                with autocast:
-                    out = model(input_ids=batch, labels=batch)
-                out.loss.backward()
+                local = dist.shard(batch).to(device, non_blocking=True)  # (B / ranks, T)
+                step_loss = torch.zeros((), device=device)
+                for i, micro in enumerate(local.split(micro_bs)):  # gradient accumulation over micro-batches
+                    with gradient_sync(train_model, enabled=i == accum - 1):
+                        with autocast:
+                            out = train_model(input_ids=micro, labels=micro)
+                        (out.loss / accum).backward()
+                    step_loss += out.loss.detach() / accum
                 if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(train_model.parameters(), cfg.grad_clip)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                loss = float(out.loss.detach())
+                loss = dist.mean(step_loss)  # the global batch's loss, the same on every rank (so is the NaN check)
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
             curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
                           "tokens": (step + 1) * tokens_per_step, "step_s": timer.samples[-1]})
-    win = window.result
+    payloads = dist.gather(window_payload(window.result, dist))
+    win = aggregate_windows(payloads) if payloads else window.result  # rank 0: every device; others: their own
     window_samples = timer.samples[cfg.measure_warmup_steps:]
     lat = summarize(window_samples)
     window_s = win["window_s"]
     window_tokens = tokens_per_step * len(window_samples)
 
-    eval_loss, ppl = evaluate_perplexity(model, val_blocks, cfg.batch_size, cfg.eval_batches, device)
+    eval_loss, ppl = evaluate_perplexity(model, val_blocks, cfg.batch_size, cfg.eval_batches, device,
+                                         dtype=cfg.dtype, dist=dist, micro_batch_size=micro_bs)
     if model_out is not None:
-        _save_model_atomic(model, tokenizer, model_out)
+        if is_sharded(model):
+            state = full_state_dict(model, dist)  # a collective: every rank takes part
+            if dist.is_main:
+                _save_model_atomic(unsharded_copy(model, model_cls, state), tokenizer, model_out)
+        elif dist.is_main:
+            _save_model_atomic(model, tokenizer, model_out)
+        dist.barrier()
 
-    fpt = flops_per_token(mcfg, block_len, training=True)
+    fpt = variant.family.flops_per_token(mcfg, block_len, training=True)
     achieved = fpt * window_tokens / window_s if window_s else None
-    kv_bytes = kv_cache_bytes_per_token(mcfg, torch.finfo(compute_dtype).bits // 8)
+    kv_bytes = variant.family.kv_cache_bytes_per_token(mcfg, torch.finfo(compute_dtype).bits // 8)
     last = curve[-min(5, len(curve)):]
     row = {
         "run_id": uuid.uuid4().hex,
@@ -215,13 +270,13 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
         "stage": "pretrain",
         "cell": slug,
         "technique": slug,
-        "model": f"efficientlm-{params['total'] / 1e6:.2f}M",
+        "model": f"{variant.family.name}-{params['total'] / 1e6:.2f}M",
         "dataset": load_stats(data_dir).get("source"),
         "status": "ok",
         "trial": 0,
         "device": str(device),
         "device_name": device_name(device),
-        "device_count": 1,
+        "device_count": dist.world_size,
         "num_threads": num_threads(),
         "dtype": dtype_name,
         "batch_size": cfg.batch_size,
@@ -235,8 +290,8 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
         **win,
         "flops_per_token": fpt,
         "achieved_flops_per_s": achieved,
-        "peak_flops_per_s": peak["peak_flops_per_s"],
-        "mfu": mfu(achieved, peak["peak_flops_per_s"]),
+        "peak_flops_per_s": peak_total,  # summed over devices, like achieved_flops_per_s
+        "mfu": mfu(achieved, peak_total),
         "al_s": lat["mean"],
         "latency_s_mean": lat["mean"],
         "latency_s_std": lat["std"],
@@ -248,7 +303,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
         "tokens_per_s": metrics.it_tokens_per_s(window_tokens, window_s),
         "kv_cache_bytes_per_token": kv_bytes,
         "tokens_per_j": metrics.tokens_per_j(window_tokens, win.get("energy_j")),
-        "model_size_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "model_size_bytes": model_size_bytes,
         "quality_metric": "val_ppl",
         "quality_value": ppl,
         "eval_loss": eval_loss,
@@ -256,17 +311,17 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
         "duration_s": time.perf_counter() - t_cell,
         "extra": {
             "recipe": recipe,
-            "attention": mcfg.attention,
-            "positional": mcfg.positional,
-            "mlp": mcfg.mlp,
-            "hidden_size": mcfg.hidden_size,
-            "num_hidden_layers": mcfg.num_hidden_layers,
-            "num_attention_heads": mcfg.num_attention_heads,
-            "num_key_value_heads": mcfg.num_key_value_heads,
+            # family, architecture fields, non-embedding params, budget sizing, FLOP method, recurrent-state bytes
+            **describe_variant(variant, block_len, torch.finfo(compute_dtype).bits // 8),
             "tokens_total": cfg.steps * tokens_per_step,
             "window_tokens": window_tokens,
             "peak_flops_calibration": peak,
             "embedding_params": params.get("embedding"),
+            "parallelism": cfg.parallelism if dist.distributed else None,
+            "micro_batch_size": micro_bs,
+            "grad_accum_steps": accum,
+            "gradient_checkpointing": cfg.gradient_checkpointing,
+            "per_device": per_device_summary(payloads) if payloads and dist.distributed else None,
         },
         **provenance(),
     }

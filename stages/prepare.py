@@ -1,6 +1,7 @@
 """DVC stage `prepare`: the pretraining corpus, its tokenizer and packed blocks in data/prepared/.
 
     python -m stages.prepare            # reads [prepare] from params.yaml
+    python -m stages.prepare --params p.yaml   # e.g. prepare.source: fineweb_edu (hub or local shards)
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from efficientllm.config import load_section
     from efficientllm.data import build_corpus
+    from efficientllm.data.fineweb import fineweb_source_kwargs
 
     cfg = load_section(args.params, "prepare")
-    source_kwargs = {"paths": list(cfg.source_paths)} if cfg.source == "text_files" else {}
+    source_kwargs = {
+        "text_files": lambda c: {"paths": list(c.source_paths)},
+        "fineweb_edu": fineweb_source_kwargs,
+    }.get(cfg.source, lambda c: {})(cfg)
     stats = build_corpus(
         OUT_DIR,
         source=cfg.source,

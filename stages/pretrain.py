@@ -7,18 +7,72 @@ Bad params (unknown slug, a recipe the model rejects) exit 2 with one line and w
 A cell that fails while running (NaN loss, out of memory, a bug) becomes a `status='failed'` row and
 exits 0, so the sweep and the report go on; an I/O error exits 1 and writes nothing (retryable).
 
+Several devices: with `pretrain.nproc_per_node: N > 1` the stage re-launches itself as N ranks,
+`torchrun --standalone --nproc_per_node N -m stages.pretrain --variant <slug>` (DDP or FSDP, see
+efficientllm/distributed.py); rank 0 writes the outputs. If the group fails without rank 0 recording it,
+the launching process writes the failed row from torchrun's last output lines. Started under torchrun
+already (WORLD_SIZE set, e.g. a multi-node launch), the stage runs as one of its ranks and launches nothing.
+
     python -m stages.pretrain --variant mha
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 from stages import PARAMS_FILE, run
 from stages.cells import failed_row, write_curve, write_failure_marker
 
 DATA_DIR = Path("data/prepared")
+TORCHRUN_TAIL_LINES = 60  # output lines of a failed torchrun group kept in its row's error
+
+
+def _record_failure(e: BaseException, slug: str, cfg, recipe: dict, model_dir: Path, result_dir: Path,
+                    device_count: int) -> None:
+    from efficientllm.records import write_row
+
+    row = failed_row(e, axis="pretrain", stage="pretrain", cell=slug, technique=slug,
+                     seed=cfg.seed, batch_size=cfg.batch_size, device_count=device_count,
+                     extra={"recipe": recipe})
+    write_failure_marker(model_dir, row)
+    write_curve(result_dir / "loss.csv", [])
+    write_row(result_dir / "row.json", row)
+    print(f"pretrain@{slug}: FAILED: {row['error'].splitlines()[0]}")
+
+
+def _launch_torchrun(args: argparse.Namespace, cfg, recipe: dict, model_dir: Path, result_dir: Path) -> int:
+    """Run this stage as `cfg.nproc_per_node` ranks; a group that dies without a row gets a failed row here."""
+    import torch
+
+    from efficientllm.distributed import torchrun_command
+    from efficientllm.measure import resolve_device
+
+    n = cfg.nproc_per_node
+    if cfg.device.strip().lower().startswith("cuda:"):
+        raise ValueError(f"[pretrain] device: {cfg.device!r} names one GPU, but nproc_per_node={n}; use cuda or auto")
+    if resolve_device(cfg.device).type == "cuda" and torch.cuda.device_count() < n:
+        raise ValueError(f"[pretrain] nproc_per_node={n} but {torch.cuda.device_count()} GPU(s) are visible")
+    row_path = result_dir / "row.json"
+    row_path.unlink(missing_ok=True)  # a row left by an earlier run must not pass for this one's
+    cmd = torchrun_command("stages.pretrain", ["--variant", args.variant, "--params", args.params], n)
+    print(f"pretrain@{args.variant}: {shlex.join(cmd)}", flush=True)
+    tail: collections.deque[str] = collections.deque(maxlen=TORCHRUN_TAIL_LINES)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # show the ranks' output as it comes, keep the end for a failed row
+            sys.stdout.write(line)
+            tail.append(line)
+    if row_path.exists():  # rank 0 wrote the row: ok, or failed as recorded by rank 0 itself
+        return 0
+    error = RuntimeError(f"torchrun with {n} processes exited {proc.returncode} without a row; last output:\n"
+                         + "".join(tail))
+    _record_failure(error, args.variant, cfg, recipe, model_dir, result_dir, device_count=n)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (DATA_DIR / "train.npy").exists():
         raise FileNotFoundError(f"prepared corpus missing: {DATA_DIR}/train.npy (run `dvc repro prepare`)")
 
+    from efficientllm.distributed import init_distributed, micro_batching, shutdown, under_torchrun
     from efficientllm.pretrain import model_config, pretrain_cell
     from efficientllm.records import write_row
 
@@ -50,19 +105,26 @@ def main(argv: list[str] | None = None) -> int:
 
     block_len = int(load_blocks(DATA_DIR / "train.npy").shape[1])
     model_config(slug, base, recipe, AutoTokenizer.from_pretrained(DATA_DIR / "tokenizer"), block_len)
+    if cfg.nproc_per_node > 1 and not under_torchrun():
+        return _launch_torchrun(args, cfg, recipe, model_dir, result_dir)
+    dist = init_distributed(cfg.device) if under_torchrun() else None
+    if dist is not None:
+        micro_batching(cfg.batch_size, dist.world_size, cfg.micro_batch_size)  # a world that splits the batch
     try:
         outcome = pretrain_cell(slug=slug, base=base, recipe=recipe, cfg=cfg, measure=measure,
-                                data_dir=DATA_DIR, model_out=model_dir)
+                                data_dir=DATA_DIR, model_out=model_dir, dist=dist)
     except OSError:
         raise
     except Exception as e:  # the cell failed while running: record it as data
-        row = failed_row(e, axis="pretrain", stage="pretrain", cell=slug, technique=slug,
-                         seed=cfg.seed, batch_size=cfg.batch_size, extra={"recipe": recipe})
-        write_failure_marker(model_dir, row)
-        write_curve(result_dir / "loss.csv", [])
-        write_row(result_dir / "row.json", row)
-        print(f"pretrain@{slug}: FAILED: {row['error'].splitlines()[0]}")
-        return 0
+        if dist is None or dist.is_main:
+            _record_failure(e, slug, cfg, recipe, model_dir, result_dir, dist.world_size if dist else 1)
+        # A rank that stops while others wait in a collective must take the group down: exiting non-zero
+        # makes torchrun end the other ranks (they would otherwise hang until the collective times out).
+        return 1 if dist is not None and dist.distributed else 0
+    if dist is not None:
+        shutdown(dist)
+        if not dist.is_main:
+            return 0
     write_curve(result_dir / "loss.csv", outcome.loss_curve)
     write_row(result_dir / "row.json", outcome.row)
     r = outcome.row

@@ -15,6 +15,7 @@ Sources here:
   function docstrings of the standard library, read with `ast` (nothing is imported).
 - `text_files`: local `.txt` files (one file = one document) and `.jsonl` files (one JSON object per line,
   the document in its `text` field).
+- `fineweb_edu` (efficientllm/data/fineweb.py): FineWeb-Edu from the hub or local parquet / jsonl shards.
 
     python -c "from efficientllm.data.sources import stdlib_docs; print(sum(1 for _ in stdlib_docs()))"
 """
@@ -29,6 +30,8 @@ import sysconfig
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+
+from efficientllm.data.fineweb import fineweb_edu
 
 # Folders of the standard library that hold tests, an IDE or demos, not library documentation.
 STDLIB_SKIP_DIRS = frozenset(
@@ -221,5 +224,6 @@ SourceFn = Callable[..., Iterator[str]]
 SOURCES: dict[str, SourceFn] = {
     "stdlib_docs": stdlib_docs,
     "text_files": text_files,
+    "fineweb_edu": fineweb_edu,  # efficientllm/data/fineweb.py: the hub (streamed) or local parquet / jsonl
 }
 """Slug -> document source. Each takes `min_doc_chars` and `max_docs` keywords plus its own `source_kwargs`."""
