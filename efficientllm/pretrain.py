@@ -52,6 +52,7 @@ from efficientllm.measure import (
 from efficientllm.measure.provenance import provenance
 from efficientllm.models.accounting import count_parameters
 from efficientllm.models.baselines import Variant, describe_variant, resolve_recipe
+from efficientllm.models.moe import expert_load_summary
 
 
 class TrainingDiverged(RuntimeError):
@@ -242,6 +243,8 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
                 raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
             curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
                           "tokens": (step + 1) * tokens_per_step, "step_s": timer.samples[-1]})
+    # MoE routing balance over the whole run (this rank's tokens; None for dense models).
+    expert_load = expert_load_summary(model)
     payloads = dist.gather(window_payload(window.result, dist))
     win = aggregate_windows(payloads) if payloads else window.result  # rank 0: every device; others: their own
     window_samples = timer.samples[cfg.measure_warmup_steps:]
@@ -322,6 +325,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
             "grad_accum_steps": accum,
             "gradient_checkpointing": cfg.gradient_checkpointing,
             "per_device": per_device_summary(payloads) if payloads and dist.distributed else None,
+            "expert_load": expert_load,
         },
         **provenance(),
     }
