@@ -129,37 +129,99 @@ SQL_FORMATS: dict[str, Callable[[list[str], list[str], list[tuple], TextIO], Non
 }
 
 
+def _add_source_flags(parser: argparse.ArgumentParser, revs: str = "many") -> None:
+    """--rows / --rev / --repo / --params: where the rows come from and the report's cost assumptions."""
+    from efficientllm.report import views
+
+    parser.add_argument(
+        "--rows",
+        default=views.DEFAULT_ROWS_GLOB,
+        help="glob of row files, relative to the working directory, or with --rev to the repository root "
+        "(default: %(default)s)",
+    )
+    if revs == "many":
+        parser.add_argument(
+            "--rev", action="append", default=[], metavar="REV",
+            help="load the rows as they were at this git revision or DVC experiment (repeatable; 'workspace' = "
+            "the files on disk), through git and DVC without touching the work tree; each gets its own `rev`",
+        )
+    elif revs == "one":
+        parser.add_argument("--rev", default=None, metavar="REV",
+                            help="the git revision or DVC experiment to read the rows at (default: the files on disk)")
+    parser.add_argument("--repo", default=".", help="repository of --rev (default: the working directory)")
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file whose `report:` section sets the cost / CO2 assumptions (default: "
+                        "%(default)s; its defaults when the file or section is missing)")
+
+
+def _assumptions(params_path: str) -> Any:
+    """The cost and CO2 assumptions of `params_path`'s report section (the ReportConfig defaults without one)."""
+    from pathlib import Path
+
+    from efficientllm.config import ReportConfig, load_section, read_params
+    from efficientllm.report import views
+
+    path = Path(params_path)
+    params = read_params(path) if path.is_file() else {}
+    if "report" in params:
+        cfg, source = load_section(path, "report", params), f"{path} `report:`"
+    else:
+        cfg, source = ReportConfig(), "ReportConfig defaults (no `report:` section found)"
+    return views.Assumptions(cfg.usd_per_device_hour, cfg.grid_g_co2_per_kwh, source)
+
+
+def _open_rows(command: str, args: argparse.Namespace, revs: list[str]) -> Any:
+    """A read-only report database over the row files (no revs) or the rows at each of `revs`."""
+    from efficientllm.report import views
+
+    assumptions = _assumptions(args.params)
+    if revs:
+        from efficientllm.report import revisions
+
+        return revisions.connect_revisions(revs, repo=args.repo, pattern=args.rows, assumptions=assumptions)
+    row_files = views.find_row_files(args.rows)
+    if not row_files:
+        print(f"efficientllm {command}: note: no row files match {args.rows!r}; `rows` is empty", file=sys.stderr)
+    return views.connect(row_files, assumptions=assumptions)
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input (exit 2, one line): bad rows, SQL, revisions or params."""
+    import duckdb
+
+    from efficientllm import records
+    from efficientllm.config import ConfigError
+    from efficientllm.report import revisions, views
+
+    return (records.RowError, views.ReadOnlyError, revisions.RevisionError, ConfigError, duckdb.Error)
+
+
 def sql(argv: list[str]) -> int:
     """Query the metric rows with read-only DuckDB SQL (table `rows`, views `latest`, `pretrain`, ...)."""
+    import textwrap
+
     from efficientllm.report import views
 
     parser = argparse.ArgumentParser(
         prog="efficientllm sql",
-        description=(
-            "Run read-only DuckDB SQL over the metric rows. Table: rows (every row file, typed by the schema). "
-            "Views: " + ", ".join(name.removesuffix(".sql") for name in views.VIEW_FILES) + ". "
-            "Only reads run: SELECT, WITH, EXPLAIN, DESCRIBE, SHOW, SUMMARIZE, PRAGMA table_info."
+        description=textwrap.fill(
+            "Run read-only DuckDB SQL over the metric rows. Tables: rows (every row file, typed by the schema, "
+            "plus rev and row_file), revisions, assumptions. Views: "
+            + ", ".join(name.removesuffix(".sql") for name in views.VIEW_FILES) + ". "
+            "Only reads run: SELECT, WITH, EXPLAIN, DESCRIBE, SHOW, SUMMARIZE, PRAGMA table_info.", 100
         ),
-        epilog='example: efficientllm sql "SELECT rank, cell, quality_value FROM leaderboard_pretrain" --format csv',
+        epilog='example: efficientllm sql "SELECT rank, cell, quality_value FROM leaderboard_pretrain" --format csv\n'
+        "         efficientllm sql --rev HEAD~1 --rev HEAD \"SELECT cell, metric, relative_change FROM revision_diff "
+        "WHERE verdict = 'worse'\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("query", help="SQL to run; several statements print the result of the last")
-    parser.add_argument(
-        "--rows",
-        default=views.DEFAULT_ROWS_GLOB,
-        help="glob of row files, relative to the working directory (default: %(default)s)",
-    )
+    _add_source_flags(parser)
     parser.add_argument("--format", choices=sorted(SQL_FORMATS), default="table", help="output format")
     args = parser.parse_args(argv)
 
-    import duckdb
-
-    from efficientllm import records
-
     try:
-        row_files = views.find_row_files(args.rows)
-        if not row_files:
-            print(f"efficientllm sql: note: no row files match {args.rows!r}; `rows` is empty", file=sys.stderr)
-        con = views.connect(row_files)
+        con = _open_rows("sql", args, args.rev)
         try:
             cursor = views.execute_read(con, args.query)
             description = cursor.description or []
@@ -168,9 +230,95 @@ def sql(argv: list[str]) -> int:
             rows = cursor.fetchall() if description else []
         finally:
             con.close()
-    except (records.RowError, views.ReadOnlyError, duckdb.Error) as e:
+    except _input_errors() as e:
         return _fail("sql", e)
     SQL_FORMATS[args.format](names, types, rows, sys.stdout)
+    return 0
+
+
+def compare(argv: list[str]) -> int:
+    """Markdown diff of the rows at two revisions: every metric of every cell, its relative change."""
+    parser = argparse.ArgumentParser(
+        prog="efficientllm compare",
+        description="Load the rows as they were at revision A and revision B (git revisions or DVC experiments, read "
+        "through git and DVC without a checkout; 'workspace' = the files on disk) and print a Markdown diff: per "
+        "board, each cell's metrics at A and B (mean ± 95%% CI over trials), the relative change (B - A) / |A|, and "
+        "whether it got better or worse in the metric's direction (or is within noise).",
+        epilog="example: efficientllm compare HEAD~1 workspace --metric al_s --metric quality --min-change 0.05",
+    )
+    parser.add_argument("rev_a", metavar="A", help="the earlier revision (git rev or DVC experiment name)")
+    parser.add_argument("rev_b", metavar="B", nargs="?", default="workspace",
+                        help="the later revision (default: workspace, the row files on disk)")
+    _add_source_flags(parser, revs="none")
+    parser.add_argument("--metric", action="append", default=[],
+                        help="keep this metric only (repeatable; names as in the view metric_catalog, e.g. al_s)")
+    parser.add_argument("--min-change", type=float, default=0.0,
+                        help="hide cell-metrics whose |relative change| is below this (e.g. 0.05 = 5%%)")
+    parser.add_argument("-o", "--output", help="write the Markdown to this file instead of stdout")
+    args = parser.parse_args(argv)
+
+    from efficientllm.report.compare import compare_markdown
+
+    try:
+        con = _open_rows("compare", args, [args.rev_a, args.rev_b])
+        try:
+            text = compare_markdown(con, metrics=args.metric, min_change=args.min_change,
+                                    title=f"{args.rev_a} → {args.rev_b}")
+        finally:
+            con.close()
+    except _input_errors() as e:
+        return _fail("compare", e)
+    if args.output:
+        from efficientllm.atomic import atomic_write_text
+
+        atomic_write_text(args.output, text)
+        print(f"efficientllm compare: wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def recommend(argv: list[str]) -> int:
+    """Pareto-optimal techniques under memory / latency / quality-drop limits, with the numbers behind them."""
+    from efficientllm.report import recommend as rec
+
+    parser = argparse.ArgumentParser(
+        prog="efficientllm recommend",
+        description="From the measured rows (means over trials), keep the cells that meet every limit given, then "
+        "print the Pareto-optimal ones of each board (stage, model size, dataset): no other cell meeting the limits "
+        "is at least as good on quality, peak memory, latency (AL) and energy per token and better on one. Cells "
+        "left out are listed with the reason.",
+        epilog="example: efficientllm recommend --axis quantize --max-memory-bytes 2e9 --max-quality-drop 0.02",
+    )
+    parser.add_argument("--axis", choices=rec.AXES, help="only this axis (default: every axis)")
+    parser.add_argument("--max-memory-bytes", type=float, help="peak memory limit in bytes (e.g. 8e9)")
+    parser.add_argument("--max-latency-s", type=float,
+                        help="limit on AL, the mean seconds per training step or per generate request")
+    parser.add_argument("--max-quality-drop", type=float,
+                        help="largest relative quality loss against the axis baseline (mha / full / bf16), e.g. 0.02 "
+                        "= 2%%; a perplexity or loss rise counts as a drop")
+    _add_source_flags(parser, revs="one")
+    parser.add_argument("--format", choices=("markdown", "json"), default="markdown", help="output format")
+    args = parser.parse_args(argv)
+
+    from efficientllm.report import views
+
+    try:
+        constraints = rec.Constraints(args.axis, args.max_memory_bytes, args.max_latency_s, args.max_quality_drop)
+        con = _open_rows("recommend", args, [args.rev] if args.rev else [])
+        try:
+            boards = rec.recommend(con, constraints, rev=args.rev or views.WORKSPACE)
+        finally:
+            con.close()
+    except (*_input_errors(), ValueError) as e:
+        return _fail("recommend", e)
+    if args.format == "json":
+        payload = [{"rev": b.rev, "axis": b.axis, "stage": b.stage, "board": b.board, "chosen": b.chosen,
+                    "dominated": b.dominated, "rejected": b.rejected} for b in boards]
+        json.dump(_jsonable(payload), sys.stdout, indent=2, ensure_ascii=False, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(rec.render(boards, constraints))
     return 0
 
 
@@ -209,6 +357,8 @@ def export(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Command] = {
     "sql": sql,
+    "compare": compare,
+    "recommend": recommend,
     "profile": profile,
     "export": export,
 }

@@ -49,7 +49,7 @@ class MatrixConfig:
     quantize_sft: tuple[str, ...] = ("bf16", "int8", "int4")
     """Precision slugs of the `quantize_sft` stage (the fine-tuned model); empty: no such cells."""
     quantize_hub: tuple[str, ...] = ()
-    """Hub model slugs (keys of `quantize.hub_models`) of the `quantize_hub` stage; empty: no such cells."""
+    """Hub model slugs (keys of `quantize_hub.models`) of the `quantize_hub` stage; empty: no such cells."""
 
     def __post_init__(self) -> None:
         for stage in ("pretrain", "finetune_methods", "finetune_datasets", "quantize", "quantize_sft", "quantize_hub"):
@@ -223,6 +223,8 @@ class FinetuneConfig:
     """The model every method starts from: a local directory (default: the pretrain stage's base) or a hub id."""
     base_revision: str | None = None
     """Hub revision (a commit sha) of a hub base_model; None for local directories."""
+    base_source: str | None = None
+    """Where a local base_model's weights came from (e.g. `meta-llama/Llama-3.2-1B@<commit>`); copied into rows."""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N (auto: cuda when available)."""
     dtype: str = field(default="auto", metadata=_meta(choices=("auto", "float32", "bfloat16", "float16")))
@@ -336,7 +338,8 @@ class QuantizeConfig:
     batch_size: int = field(default=4, metadata=_meta(min=1))
     """Sequences per generate request of the timed workload."""
     prompt_len: int = field(default=32, metadata=_meta(min=1))
-    """Prompt tokens per sequence (the first tokens of held-out blocks; <= the corpus block_len)."""
+    """Prompt tokens per sequence: the first tokens of the held-out blocks (prompt_len + max_new_tokens must fit
+    the model's max_position_embeddings)."""
     max_new_tokens: int = field(default=16, metadata=_meta(min=2))
     """Generated tokens per sequence; min_new_tokens is set equal, decoding is greedy."""
     warmup_runs: int = field(default=1, metadata=_meta(min=0))
@@ -347,7 +350,7 @@ class QuantizeConfig:
     """... and at least this long in total (both must hold) ..."""
     max_runs: int = field(default=1000, metadata=_meta(min=1))
     """... and never more than this many."""
-    memory_budget_mib: float = field(default=16.0, metadata=_meta(min=0.0, min_exclusive=True))
+    memory_budget_mib: float = field(default=2.0, metadata=_meta(min=0.0, min_exclusive=True))
     """Memory budget (MiB) for weights + KV cache: the row reports the largest batch that fits it (computed from
     weight bytes and KV-cache bytes per token, then checked by one request at that batch)."""
     ppl_blocks: int = field(default=16, metadata=_meta(min=1))
@@ -357,27 +360,36 @@ class QuantizeConfig:
     """Blocks per perplexity forward."""
     quality_gate_ratio: float = field(default=0.99, metadata=_meta(min=0.0, max=1.0, min_exclusive=True))
     """A cell passes the quality gate when its task score >= this x the bf16 cell's (MLPerf uses 0.99)."""
-    hub_models: dict[str, Any] = field(default_factory=dict)
-    """quantize_hub: model slug -> {id: <hub id>, revision: <commit sha or null>} (loaded from the hub; needs
-    network)."""
     seed: int = 1234
     """Seed set before loading and generating (greedy decoding itself is deterministic)."""
 
     def __post_init__(self) -> None:
         if self.min_runs > self.max_runs:
             raise ConfigError(f"[quantize] min_runs={self.min_runs} must be <= max_runs={self.max_runs}")
-        for slug, spec in self.hub_models.items():
+
+
+@dataclass(frozen=True)
+class QuantizeHubConfig(QuantizeConfig):
+    """The `quantize_hub` stage: hub models, with a workload section of their own (every key of `quantize`), so a
+    paper-scale workload never touches the pipeline's own quantize cells."""
+
+    models: dict[str, Any] = field(default_factory=dict)
+    """Model slug -> {id: <hub id>, revision: <commit sha, or null: unpinned>} (loaded from the hub; needs network)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for slug, spec in self.models.items():
             if not isinstance(slug, str) or not SLUG_RE.match(slug):
-                raise ConfigError(f"[quantize] hub_models: bad slug {slug!r} (lowercase letters, digits, - and _)")
+                raise ConfigError(f"[quantize_hub] models: bad slug {slug!r} (lowercase letters, digits, - and _)")
             if slug in ("base", "sft"):
-                raise ConfigError(f"[quantize] hub_models: slug {slug!r} is taken by the pipeline's own models")
+                raise ConfigError(f"[quantize_hub] models: slug {slug!r} is taken by the pipeline's own models")
             if not isinstance(spec, Mapping) or not isinstance(spec.get("id"), str):
                 raise ConfigError(
-                    f"[quantize] hub_models.{slug}: expected {{id: <hub id>, revision: ...}}, got {spec!r}"
+                    f"[quantize_hub] models.{slug}: expected {{id: <hub id>, revision: ...}}, got {spec!r}"
                 )
             unknown = sorted(set(spec) - {"id", "revision"})
             if unknown:
-                raise ConfigError(f"[quantize] hub_models.{slug}: unknown key {unknown[0]!r} (allowed: id, revision)")
+                raise ConfigError(f"[quantize_hub] models.{slug}: unknown key {unknown[0]!r} (allowed: id, revision)")
 
 
 def _default_eval_tasks() -> dict[str, Any]:
@@ -387,7 +399,9 @@ def _default_eval_tasks() -> dict[str, Any]:
 
 def _default_eval_metrics() -> dict[str, Any]:
     return {"efficientllm_cloze": "acc_mutual_info", "efficientllm_arith": "exact_match",
-            "efficientllm_arc_easy": "acc_norm"}
+            "efficientllm_arc_easy": "acc_norm", "leaderboard_mmlu_pro": "acc", "leaderboard_bbh": "acc_norm",
+            "leaderboard_gpqa": "acc_norm", "leaderboard_ifeval": "prompt_level_strict_acc",
+            "leaderboard_math_hard": "exact_match", "leaderboard_musr": "acc_norm"}
 
 
 @dataclass(frozen=True)
@@ -439,6 +453,8 @@ class ClozeConfig:
     """Items cut from each held-out document long enough."""
     max_items: int | None = field(default=None, metadata=_meta(min=1))
     """Cap on items (None: all)."""
+    max_choice_chars: int | None = field(default=40, metadata=_meta(min=1))
+    """Longer spans (a URL, code without spaces) are redrawn: each choice must fit the model's context alone."""
     seed: int = 1234
     """Seed of cut positions, distractors and choice order."""
 
@@ -453,6 +469,7 @@ SECTIONS: dict[str, type] = {
     "measure": MeasureConfig,
     "report": ReportConfig,
     "quantize": QuantizeConfig,
+    "quantize_hub": QuantizeHubConfig,
     "eval": EvalConfig,
     "cloze": ClozeConfig,
 }

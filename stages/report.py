@@ -1,4 +1,8 @@
-"""DVC stage `report`: DuckDB over every row file -> reports/index.md, leaderboards (CSV), all rows.
+"""DVC stage `report`: DuckDB over every row file -> reports/ (index.md, axis pages, figures, CSV / Parquet).
+
+Reads params `report` (title; the user-set price per device-hour and grid intensity behind the cost and CO2
+columns) and every row.json under results/ (results/<stage>/<cell>/row.json). A corrupt row file stops the
+stage with an error naming it (exit 2) and leaves the previous reports/ in place.
 
     python -m stages.report
 """
@@ -6,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from stages import PARAMS_FILE, run
@@ -18,17 +23,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="stages.report", description=__doc__)
     ap.add_argument("--params", default=PARAMS_FILE)
     args = ap.parse_args(argv)
+    t0 = time.perf_counter()
 
     from efficientllm.atomic import atomic_dir
     from efficientllm.config import load_section
     from efficientllm.report.build import build_report
+    from efficientllm.report.views import Assumptions
 
     cfg = load_section(args.params, "report")
-    row_files = sorted(RESULTS.glob("*/*/row.json"))
+    assumptions = Assumptions(cfg.usd_per_device_hour, cfg.grid_g_co2_per_kwh, f"{args.params} `report:`")
+    row_files = sorted(RESULTS.rglob("row.json"))  # results/<stage>/<cell>/row.json, or deeper (one folder per trial)
     # Build into a temp dir beside the output, then swap it in: never a half-written reports/.
     with atomic_dir(OUT_DIR) as tmp:
-        paths = build_report(row_files, tmp, title=cfg.title)
-    print(f"report: {OUT_DIR / 'index.md'} ({len(row_files)} rows; {', '.join(p.name for p in paths.values())})")
+        paths = build_report(row_files, tmp, title=cfg.title, assumptions=assumptions)
+    n_figures = sum(name.startswith("figure:") for name in paths)
+    print(f"report: {OUT_DIR / 'index.md'} ({len(row_files)} rows, {len(paths) - n_figures} files, "
+          f"{n_figures} figures) in {time.perf_counter() - t0:.1f}s")
     return 0
 
 

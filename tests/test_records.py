@@ -127,8 +127,12 @@ def test_rows_round_trip_through_duckdb_typed(tmp_path):
 
     con = views.connect([first, second])
     described = {name: sql_type for name, sql_type, *_ in con.execute("DESCRIBE rows").fetchall()}
-    assert list(described) == list(records.COLUMNS)
-    assert described == records.duckdb_columns()
+    # the schema's columns in order, then where each row came from: its revision and its file
+    assert list(described) == [*records.COLUMNS, "rev", "row_file"]
+    assert described == {**records.duckdb_columns(), "rev": "VARCHAR", "row_file": "VARCHAR"}
+    assert con.execute("SELECT rev, row_file FROM rows ORDER BY run_id").fetchall() == [
+        ("workspace", str(first)), ("workspace", str(second))
+    ]
 
     # peft_version and mcr_nominal are null in every row, yet keep their types
     assert con.execute("SELECT typeof(peft_version), typeof(mcr_nominal) FROM rows LIMIT 1").fetchone() == (
@@ -152,5 +156,7 @@ def test_zero_row_files_give_an_empty_typed_table(tmp_path):
     con = views.connect(str(tmp_path / "results" / "*" / "*" / "row.json"))
     assert con.execute("SELECT count(*) FROM rows").fetchone() == (0,)
     names = [name for name, *_ in con.execute("DESCRIBE rows").fetchall()]
-    assert names == list(records.COLUMNS)
-    assert con.execute("SELECT count(*) FROM leaderboard_pretrain").fetchone() == (0,)
+    assert names == [*records.COLUMNS, "rev", "row_file"]
+    for view in ("latest", "measured", "pretrain", "finetune", "quantize", "failures", "scores", "pareto",
+                 "leaderboard_pretrain", "leaderboard_finetune", "leaderboard_quantize", "revision_diff"):
+        assert con.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,), view

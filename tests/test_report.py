@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from efficientllm import cli, records
-from efficientllm.report import build, views
+from efficientllm.report import build, tables, views
 
 GIB = 1024**3
 TRACEBACK = (
@@ -28,8 +28,7 @@ def _write(root: Path, folder: str, **fields) -> Path:
     return records.write_row(root / folder / "row.json", row)
 
 
-@pytest.fixture
-def rows_root(tmp_path: Path) -> Path:
+def _make_rows(tmp_path: Path) -> Path:
     """Pretraining rows: mha (re-run), gqa (two trials), mqa, moe (failed, then ok), nsa failed, mla skipped."""
     _write(tmp_path, "archive/pretrain/mha", cell="mha", technique="mha", quality_value=30.0, al_s=0.5,
            tokens_per_s=400.0, timestamp_utc="2025-05-19T10:00:00Z")  # older: `latest` must ignore it
@@ -60,6 +59,24 @@ def rows_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def rows_root(tmp_path: Path) -> Path:
+    return _make_rows(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same rows, once per module (for tests that only read them)."""
+    return _make_rows(tmp_path_factory.mktemp("rows"))
+
+
+@pytest.fixture(scope="module")
+def read_only_con(module_root: Path):
+    con = views.connect(_glob(module_root))
+    yield con
+    con.close()
+
+
 def _glob(root: Path) -> str:
     return str(root / "*" / "*" / "*" / "row.json")  # results/ and archive/
 
@@ -79,8 +96,8 @@ def test_sql_files_are_all_loaded_one_view_each():
         assert f"CREATE VIEW {name.removesuffix('.sql')} AS" in text
 
 
-def test_latest_picks_the_newest_row_per_cell(rows_root):
-    con = views.connect(_glob(rows_root))
+def test_latest_picks_the_newest_row_per_cell(read_only_con):
+    con = read_only_con
     assert con.execute("SELECT count(*) FROM rows").fetchone() == (N_FILES,)
     got = dict(con.execute("SELECT cell || '#' || trial, quality_value FROM latest WHERE axis = 'pretrain'").fetchall())
     # mha: the 2025-05-20 row (ppl 20) beats the 2025-05-19 one (ppl 30); moe: the ok row beats the failed one
@@ -98,8 +115,8 @@ def test_latest_compares_times_in_utc(tmp_path):
     ]
 
 
-def test_pretrain_view_keeps_only_the_pretrain_axis(rows_root):
-    con = views.connect(_glob(rows_root))
+def test_pretrain_view_keeps_only_the_pretrain_axis(read_only_con):
+    con = read_only_con
     cells = [c for (c,) in con.execute("SELECT DISTINCT cell FROM pretrain ORDER BY cell").fetchall()]
     assert cells == ["gqa", "mha", "mla", "moe", "mqa", "nsa"]
     columns = {name for name, *_ in con.execute("DESCRIBE pretrain").fetchall()}
@@ -108,8 +125,8 @@ def test_pretrain_view_keeps_only_the_pretrain_axis(rows_root):
             "aec_w", "energy_j", "energy_source", "peak_mem_bytes", "kv_cache_bytes_per_token"} <= columns
 
 
-def test_leaderboard_ranks_by_quality_with_ratios_to_mha(rows_root):
-    con = views.connect(_glob(rows_root))
+def test_leaderboard_ranks_by_quality_with_ratios_to_mha(read_only_con):
+    con = read_only_con
     cursor = con.execute("SELECT * FROM leaderboard_pretrain")
     names = [d[0] for d in cursor.description]
     board = {r["cell"]: r for r in (dict(zip(names, row, strict=True)) for row in cursor.fetchall())}
@@ -121,20 +138,27 @@ def test_leaderboard_ranks_by_quality_with_ratios_to_mha(rows_root):
     assert gqa["al_s"] == pytest.approx(0.15)  # (0.14 + 0.16) / 2
     assert gqa["energy_source"] == "estimate,rapl"  # the trials disagree: both shown
 
-    # baseline mha: al 0.20 s, 1000 tok/s, 4 GiB AMU, 100 W, ppl 20, tokens/J = 1000 / 100 = 10 (fallback)
-    assert mha["al_s_vs_mha"] == 1.0 and mha["tokens_per_s_vs_mha"] == 1.0 and mha["tokens_per_j_vs_mha"] == 1.0
+    # baseline mha: al 0.20 s, 1000 tok/s, 4 GiB AMU, 100 W, ppl 20; energy per token = 100 W / 1000 tok/s = 0.1 J
+    assert mha["al_s_vs_mha"] == 1.0 and mha["tokens_per_s_vs_mha"] == 1.0 and mha["energy_j_per_token_vs_mha"] == 1.0
     assert gqa["al_s_vs_mha"] == pytest.approx(0.15 / 0.20)  # 0.75
     assert gqa["tokens_per_s_vs_mha"] == pytest.approx(1300 / 1000)  # 1.3
     assert gqa["amu_bytes_vs_mha"] == pytest.approx(3 / 4)
     assert gqa["aec_w_vs_mha"] == pytest.approx(90 / 100)
-    assert gqa["tokens_per_j_vs_mha"] == pytest.approx((1300 / 90) / 10)  # 1.444..., tokens_per_s / aec_w
+    assert gqa["energy_j_per_token_vs_mha"] == pytest.approx((90 / 1300) / 0.1)  # aec_w / tokens_per_s
     assert gqa["quality_vs_mha"] == pytest.approx(22 / 20)
     assert mqa["al_s_vs_mha"] == pytest.approx(0.5)  # 0.10 / 0.20
     assert mqa["tokens_per_s_vs_mha"] == pytest.approx(2.0)
-    assert mqa["tokens_per_j_vs_mha"] == pytest.approx(3.0)  # mqa's own tokens_per_j 30 / 10
+    assert mqa["energy_j_per_token_vs_mha"] == pytest.approx((1 / 30) / 0.1)  # mqa's own tokens_per_j = 30
     assert moe["amu_bytes_vs_mha"] == pytest.approx(1.5)  # 6 GiB / 4 GiB
-    assert moe["tokens_per_j_vs_mha"] == pytest.approx((800 / 120) / 10)
-    assert mha["peak_mem_vs_mha"] == 1.0 and gqa["peak_mem_vs_mha"] is None  # gqa has no peak memory
+    assert moe["energy_j_per_token_vs_mha"] == pytest.approx((120 / 800) / 0.1)
+    assert mha["peak_mem_bytes_vs_mha"] == 1.0 and gqa["peak_mem_bytes_vs_mha"] is None  # gqa has no peak memory
+    # quality rank is `rank`; the radar metrics carry their own rank and the paper's normalised score: AL is
+    # lowest for mqa (0.10 s) -> 1, highest for moe (0.30 s) -> 0.1, mha 0.20 s -> 0.1 + 0.9 (0.30 - 0.20) / 0.20
+    assert (mqa["al_s_rank"], mqa["al_s_score"]) == (1, 1.0)
+    assert (moe["al_s_rank"], moe["al_s_score"]) == (4, pytest.approx(0.1))
+    assert mha["al_s_score"] == pytest.approx(0.55)
+    assert gqa["quality_ci95"] == pytest.approx(12.706 * 2 ** 0.5 / 2 ** 0.5)  # sd of (21, 23) = sqrt(2), n = 2
+    assert mha["quality_ci95"] is None  # one trial: no interval
 
 
 def test_leaderboard_without_mha_has_null_ratios(tmp_path):
@@ -147,8 +171,8 @@ def test_leaderboard_without_mha_has_null_ratios(tmp_path):
     ]
 
 
-def test_failures_lists_cells_whose_latest_row_did_not_succeed(rows_root):
-    con = views.connect(_glob(rows_root))
+def test_failures_lists_cells_whose_latest_row_did_not_succeed(read_only_con):
+    con = read_only_con
     got = con.execute("SELECT cell, status, error_summary FROM failures").fetchall()
     # a traceback is summarised by its last line (the exception), other errors by their first line;
     # moe failed once but its latest row is ok, so it is not listed
@@ -171,33 +195,58 @@ def test_read_only_connection_has_no_file_access(rows_root, tmp_path):
 
 def test_build_report_writes_every_file(rows_root, tmp_path):
     out = tmp_path / "reports"
-    paths = build.build_report(_glob(rows_root), out)
+    paths = build.build_report(_glob(rows_root), out, assumptions=views.Assumptions(2.0, 500.0, "test"))
 
-    assert set(paths) == {"index", "leaderboard_pretrain", "rows_csv", "rows_parquet"}
-    assert sorted(p.name for p in out.iterdir()) == ["index.md", "leaderboard_pretrain.csv", "rows.csv",
-                                                     "rows.parquet"]  # no temp files left
+    tables_written = {"index", "pretrain_page", "finetune_page", "leaderboard_pretrain", "leaderboard_finetune",
+                      "leaderboard_quantize", "scores", "claims", "rows_csv", "rows_parquet"}
+    figures = {"pareto_pretrain.png", "radar_pretrain.png", "latency_pretrain.png", "radar_finetune.png"}
+    assert set(paths) == tables_written | {f"figure:{name}" for name in figures}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["index.md", "pretrain.md", "finetune.md", "leaderboard_pretrain.csv", "leaderboard_finetune.csv",
+         "leaderboard_quantize.csv", "scores.csv", "claims.csv", "rows.csv", "rows.parquet", "figures"]
+    )  # no temp files left
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(figures)
 
     md = paths["index"].read_text()
     assert md.startswith("# efficientllm report\n")
     assert f"Built from {N_FILES} row files holding {N_FILES} rows of 8 measured cells" in md
-    assert "latest row of each cell: 6 ok, 1 failed, 1 skipped." in md
+    assert "latest row of each: 6 ok, 1 failed, 1 skipped." in md
     assert "Newest row: 2025-05-20 12:00:00 UTC." in md
-    assert "| rank | cell | trials | params (M) | quality (val_ppl) | AMU (MiB) |" in md
-    assert "AL (ms/step)" in md and "throughput (tok/s)" in md and "AL ÷ mha" in md
-    table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert "| rank | cell | trials | quality (val_ppl) | peak memory (MiB) | AL (ms) |" in md
+    assert "quality ÷ mha | peak memory ÷ mha | AL ÷ mha |" in md
+    section = md[md.index("## Architecture pretraining"):md.index("## Fine-tuning")]
+    table = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
     assert [line.split(" | ")[1] for line in table] == ["mqa", "mha", "gqa", "moe"]
-    mqa = table[0].split(" | ")
-    # mqa: ppl 19.5 -> "19.5"; AMU 2 GiB -> "2,048" MiB; AL 0.10 s -> "100" ms; AL ÷ mha 0.5 -> "0.50×"
-    assert mqa[4] == "19.5" and mqa[5] == "2,048" and mqa[9] == "100" and "0.50×" in mqa
+    mqa, gqa = table[0].split(" | "), table[2].split(" | ")
+    # mqa: ppl 19.5; no peak memory; AL 0.10 s -> "100" ms; AL ÷ mha 0.5 -> "0.50×"
+    assert mqa[3] == "19.5" and mqa[4] == "—" and mqa[5] == "100" and mqa[-1] == "0.50× |"
+    # gqa: two trials, ppl (21, 23) -> 22.0 ± 12.706 x sqrt(2) / sqrt(2) = 12.7; AL 150 ± 12.706 x 0.0141 / 1.41 ms
+    assert gqa[2] == "2" and gqa[3] == "22.0 ± 12.7" and gqa[5] == "150 ± 127"
+    assert "![quality vs memory, latency, energy (Pareto front)](figures/pareto_pretrain.png)" in md
+    assert "[latency distributions](figures/latency_pretrain.png)" in md
+    assert "## The paper's claims, checked" in md and "| MQA has the lowest memory and latency" in md
     assert "- **pretrain/nsa**: failed: `ValueError: out of memory`" in md
     assert "- **pretrain/mla**: skipped: `needs CUDA`" in md
     assert "moe**" not in md
+    assert "USER-SET, not measured (test): price per device-hour 2.00 USD; grid carbon intensity 500 gCO2/kWh" in md
     assert "## What the metrics mean" in md and "**AMU**" in md
+    for link in ("pretrain.md", "finetune.md"):
+        assert f"]({link})" in md
+    page = paths["pretrain_page"].read_text()
+    assert page.startswith("# Architecture pretraining\n") and "### Normalised scores" in page
+    assert "![latency distributions](figures/latency_pretrain.png)" in page
 
     with paths["leaderboard_pretrain"].open() as f:
         board = list(csv.DictReader(f))
     assert [r["cell"] for r in board] == ["mqa", "mha", "gqa", "moe"]
     assert float(board[2]["al_s_vs_mha"]) == pytest.approx(0.75)
+
+    with paths["claims"].open() as f:
+        claim_rows = list(csv.DictReader(f))
+    assert [r["claim_id"] for r in claim_rows][:2] == ["mqa-memory-latency", "mla-perplexity"]
+    # mla was skipped: its claim is not measurable, and says why
+    mla = next(r for r in claim_rows if r["claim_id"] == "mla-perplexity")
+    assert mla["verdict"] == "not measurable at this scale" and "mla skipped: needs CUDA" in mla["why"]
 
     with paths["rows_csv"].open() as f:
         reader = csv.DictReader(f)
@@ -212,22 +261,35 @@ def test_build_report_writes_every_file(rows_root, tmp_path):
     assert got == (N_FILES, 3)
 
 
+def test_build_report_is_deterministic(module_root, tmp_path):
+    # the same rows give the same bytes (figures are checked in test_report_plots.py)
+    first = build.build_report(_glob(module_root), tmp_path / "a", figures=False)
+    second = build.build_report(_glob(module_root), tmp_path / "b", figures=False)
+    assert set(first) == set(second) and not any(name.startswith("figure:") for name in first)
+    for name, path in first.items():
+        assert path.read_bytes() == second[name].read_bytes(), name
+
+
 def test_build_report_with_no_rows(tmp_path):
     paths = build.build_report(str(tmp_path / "results" / "*" / "*" / "row.json"), tmp_path / "reports")
     md = paths["index"].read_text()
-    assert "No rows yet" in md and "No successful pretraining cells yet." in md and "No failed or skipped cells." in md
+    assert "No rows yet" in md and "No successful cells yet." in md and "No failed or skipped cells." in md
+    assert not any(name.startswith("figure:") for name in paths)
     assert paths["rows_csv"].read_text().splitlines()[0].split(",") == [
         c for c in records.COLUMNS if c != "latency_samples_s"
     ]
 
 
 def test_number_formatting():
-    assert build._number(None) == "—"
-    assert build._number(1234.4) == "1,234"
-    assert build._number(19.54) == "19.5"
-    assert build._number(0.012345) == "0.0123"
-    assert build._number(2.5e-5) == "2.50e-05"
-    assert build._ratio(0.75) == "0.75×"
+    assert tables.number(None) == "—"
+    assert tables.number(1234.4) == "1,234"
+    assert tables.number(19.54) == "19.5"
+    assert tables.number(0.012345) == "0.0123"
+    assert tables.number(2.5e-5) == "2.50e-05"
+    assert tables.ratio(0.75) == "0.75×"
+    assert tables.mean_ci(0.15, 0.0127, "s") == "150 ± 12.7"  # seconds shown in ms
+    assert tables.mean_ci(3 * 1024**2, None, "bytes") == "3.00"  # bytes in MiB, no CI for one trial
+    assert tables.percent_change(-0.125) == "-12.5%"
 
 
 # --- CLI --------------------------------------------------------------------------------------------------------
@@ -248,17 +310,17 @@ def test_cli_help_lists_the_commands(capsys):
     assert "--format" in capsys.readouterr().out
 
 
-def test_cli_sql_table(rows_root, capsys):
+def test_cli_sql_table(module_root, capsys):
     code, out, err = _sql(capsys, "SELECT rank, cell, quality_value FROM leaderboard_pretrain", "--rows",
-                          _glob(rows_root))
+                          _glob(module_root))
     assert code == 0, err
     assert out.index("mqa") < out.index("mha") < out.index("gqa") < out.index("moe")
     assert "quality_value" in out and "19.5" in out and "(4 rows)" in out
 
 
-def test_cli_sql_csv(rows_root, capsys):
+def test_cli_sql_csv(module_root, capsys):
     code, out, err = _sql(capsys, "SELECT rank, cell, al_s_vs_mha, energy_source FROM leaderboard_pretrain",
-                          "--rows", _glob(rows_root), "--format", "csv")
+                          "--rows", _glob(module_root), "--format", "csv")
     assert code == 0, err
     rows = list(csv.reader(io.StringIO(out)))
     assert rows[0] == ["rank", "cell", "al_s_vs_mha", "energy_source"]
@@ -266,10 +328,10 @@ def test_cli_sql_csv(rows_root, capsys):
     assert float(rows[3][2]) == pytest.approx(0.75)
 
 
-def test_cli_sql_json(rows_root, capsys):
+def test_cli_sql_json(module_root, capsys):
     query = ("SELECT cell, n_params, al_s, timestamp_utc, latency_samples_s, extra, error FROM latest "
              "WHERE cell IN ('mha', 'nsa') ORDER BY cell")
-    code, out, err = _sql(capsys, query, "--rows", _glob(rows_root), "--format", "json")
+    code, out, err = _sql(capsys, query, "--rows", _glob(module_root), "--format", "json")
     assert code == 0, err
     mha, nsa = json.loads(out)
     assert mha == {"cell": "mha", "n_params": 1_000_000, "al_s": 0.2, "timestamp_utc": "2025-05-20T10:00:00",
@@ -277,11 +339,11 @@ def test_cli_sql_json(rows_root, capsys):
     assert nsa["al_s"] is None and nsa["error"] == TRACEBACK
 
 
-def test_cli_sql_default_rows_glob_is_relative_to_cwd(rows_root, capsys, monkeypatch):
-    monkeypatch.chdir(rows_root)
+def test_cli_sql_default_rows_glob_is_relative_to_cwd(module_root, capsys, monkeypatch):
+    monkeypatch.chdir(module_root)
     code, out, err = _sql(capsys, "SELECT count(*) AS n FROM rows", "--format", "json")
     assert code == 0, err
-    assert json.loads(out) == [{"n": 8}]  # results/*/*/row.json only, not archive/
+    assert json.loads(out) == [{"n": 8}]  # results/**/row.json only, not archive/
 
 
 @pytest.mark.parametrize(
@@ -296,9 +358,14 @@ def test_cli_sql_default_rows_glob_is_relative_to_cwd(rows_root, capsys, monkeyp
         "EXPLAIN SELECT * FROM latest",
     ],
 )
-def test_cli_sql_allows_reads(rows_root, capsys, query):
-    code, _, err = _sql(capsys, query, "--rows", _glob(rows_root), "--format", "csv")
+def test_sql_allows_reads(read_only_con, query):
+    views.execute_read(read_only_con, query).fetchall()
+
+
+def test_cli_sql_allows_a_read(rows_root, capsys):
+    code, out, err = _sql(capsys, "SHOW TABLES", "--rows", _glob(rows_root), "--format", "csv")
     assert code == 0, err
+    assert {"rows", "revisions", "assumptions", "scores", "leaderboard_quantize"} <= set(out.split())
 
 
 @pytest.mark.parametrize(
@@ -316,20 +383,28 @@ def test_cli_sql_allows_reads(rows_root, capsys, query):
         "EXPORT DATABASE '{tmp}/dump'",
     ],
 )
-def test_cli_sql_refuses_writes(rows_root, capsys, query):
+def test_sql_refuses_writes(read_only_con, module_root, query):
+    before = sorted(module_root.rglob("*"))
+    with pytest.raises(views.ReadOnlyError, match="^read-only database: refusing"):
+        views.execute_read(read_only_con, query.format(tmp=module_root))
+    assert sorted(module_root.rglob("*")) == before  # no file created
+    assert read_only_con.execute("SELECT count(*) FROM latest").fetchone() == (8,)  # still there, unchanged
+
+
+def test_cli_sql_refuses_a_write_in_one_line(rows_root, capsys):
     before = sorted(rows_root.rglob("*"))
-    code, out, err = _sql(capsys, query.format(tmp=rows_root), "--rows", _glob(rows_root))
+    code, out, err = _sql(capsys, f"COPY (SELECT * FROM rows) TO '{rows_root}/out.csv'", "--rows", _glob(rows_root))
     assert code == 2
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("efficientllm sql: error: read-only database: refusing")
     assert sorted(rows_root.rglob("*")) == before  # no file created
 
 
-def test_cli_sql_bad_sql_is_one_line(rows_root, capsys):
-    code, out, err = _sql(capsys, "SELEC cell FROM rows", "--rows", _glob(rows_root))
+def test_cli_sql_bad_sql_is_one_line(module_root, capsys):
+    code, out, err = _sql(capsys, "SELEC cell FROM rows", "--rows", _glob(module_root))
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "Parser Error" in err and "Traceback" not in err
-    code, out, err = _sql(capsys, "SELECT no_such_column FROM rows", "--rows", _glob(rows_root))
+    code, out, err = _sql(capsys, "SELECT no_such_column FROM rows", "--rows", _glob(module_root))
     assert code == 2 and err.count("\n") == 1 and "no_such_column" in err
 
 

@@ -1,7 +1,16 @@
-"""Report layer: DuckDB views over the metric rows, and the report folder built from them.
+"""Report layer: DuckDB views over the metric rows, and the reports, plots and answers built from them.
 
-`views.connect` gives an in-memory DuckDB with the typed table `rows` and the views of `report/sql/*.sql`;
-`build.build_report` writes index.md plus CSV / Parquet exports. Users reach the same views from the shell:
+- `views`: an in-memory DuckDB with the typed table `rows` and the views of `report/sql/*.sql` (latest,
+  measured, pretrain / finetune / quantize, failures, scores, leaderboards, pareto, revision_diff);
+- `revisions`: the rows as they were at git revisions / DVC experiments, without a checkout;
+- `claims`: the paper's findings as data (a SQL query and a verdict rule each);
+- `recommend`: Pareto-optimal techniques under memory / latency / quality-drop limits;
+- `compare`: a Markdown diff of two revisions;
+- `plots`: Pareto fronts, radars, latency box plots, loss curves (matplotlib, PNG);
+- `build`: reports/index.md, one page per axis, the figures and CSV / Parquet exports;
+- `tables`: number and Markdown formatting shared by the above.
 
-    python -m efficientllm.cli sql "SELECT * FROM leaderboard_pretrain"
+Users reach the same views from the shell:
+
+    efficientllm sql "SELECT * FROM leaderboard_pretrain"
 """

@@ -1,25 +1,32 @@
-"""Build the report folder from the metric rows: a Markdown summary plus CSV / Parquet exports.
+"""Build the report folder from the metric rows: index.md, one page per axis, figures, CSV / Parquet exports.
 
-`build_report` reads the rows through the same DuckDB views users query (`report.views`), so the numbers
-in `index.md` are exactly what `efficientllm sql "SELECT * FROM leaderboard_pretrain"` returns. It writes
+`build_report` reads the rows through the same DuckDB views users query (`report.views`), so every number in
+the Markdown is what `efficientllm sql` returns. It writes, into `out_dir`:
 
-- `index.md`: what was measured, the pretraining leaderboard, the failed / skipped cells, a metric legend;
-- `leaderboard_pretrain.csv`: the leaderboard view, full precision;
-- `rows.csv`: every row (all runs, not only the latest), without the raw latency samples;
-- `rows.parquet`: every row with every column, typed.
+- `index.md`: what was measured; the paper's claims checked against our numbers (`report.claims`); per axis
+  and board a compact leaderboard (mean ± 95% CI over trials, ratios to the baseline, ≈ where the
+  difference is within noise) and its Pareto plot; failed / skipped cells; the cost and CO2 assumptions;
+  what the metrics mean;
+- `pretrain.md`, `finetune.md`, `quantize.md` (axes with rows): every metric with its rank, the paper's
+  normalised scores and the ratios to the baseline, and every figure of the axis;
+- `figures/*.png` (`report.plots`): Pareto fronts, radars, latency box plots, loss curves;
+- `leaderboard_<axis>.csv` (the views), `scores.csv` (the long form), `claims.csv`, `rows.csv` (every row,
+  all runs, without the raw latency samples) and `rows.parquet` (every row and column, typed).
 
 Each file is written to a temp file in `out_dir` and renamed into place. The report holds no wall-clock
-time (it says how new its newest row is), so the same rows always build the same files.
+time (it says how new its newest row is) and the figures carry no version stamp, so the same rows always
+build the same files.
 
-    python -c "from efficientllm.report.build import build_report as b; print(b('results/*/*/row.json', 'reports'))"
+    python -m stages.report   # what `dvc repro report` runs
 """
 
 from __future__ import annotations
 
-import math
+import csv
+import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,108 +34,96 @@ from typing import Any
 import duckdb
 
 from efficientllm import records
-from efficientllm.report import views
+from efficientllm.report import claims, plots, tables, views
 
-_MIB = 1024.0**2
-
-
-def _number(value: float | None) -> str:
-    """About three significant digits, plain notation from 0.001 to millions, scientific outside."""
-    if value is None or not math.isfinite(value):
-        return "—"
-    magnitude = abs(value)
-    if magnitude == 0:
-        return "0"
-    if magnitude >= 1e7 or magnitude < 1e-3:
-        return f"{value:.2e}"
-    if magnitude >= 100:
-        return f"{value:,.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3g}"
-
-
-def _scaled(divisor: float) -> Callable[[Any], str]:
-    return lambda v: _number(None if v is None else v / divisor)
-
-
-def _percent(value: float | None) -> str:
-    return "—" if value is None else _number(100.0 * value)
-
-
-def _ratio(value: float | None) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:.2f}×"
-
-
-def _text(value: Any) -> str:
-    return "—" if value is None or value == "" else str(value)
-
-
-# (leaderboard_pretrain column, Markdown header with its unit, formatter); the quality header is set per report.
-LEADERBOARD_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("rank", "rank", _text),
-    ("cell", "cell", _text),
-    ("n_trials", "trials", _text),
-    ("n_params", "params (M)", _scaled(1e6)),
-    ("quality_value", "quality", _number),
-    ("amu_bytes", "AMU (MiB)", _scaled(_MIB)),
-    ("amu_ratio", "AMU (%)", _percent),
-    ("pcu_ratio", "PCU (%)", _percent),
-    ("mfu", "MFU (%)", _percent),
-    ("al_s", "AL (ms/step)", _scaled(1e-3)),
-    ("latency_s_p50", "p50 (ms)", _scaled(1e-3)),
-    ("latency_s_p90", "p90 (ms)", _scaled(1e-3)),
-    ("latency_s_p99", "p99 (ms)", _scaled(1e-3)),
-    ("tt_tokens_per_param_s", "TT (tok/param/s)", _number),
-    ("tokens_per_s", "throughput (tok/s)", _number),
-    ("aec_w", "AEC (W)", _number),
-    ("energy_source", "energy source", _text),
-    ("peak_mem_bytes", "peak mem (MiB)", _scaled(_MIB)),
-    ("kv_cache_bytes_per_token", "KV cache (KiB/tok)", _scaled(1024.0)),
-    ("amu_bytes_vs_mha", "AMU ÷ mha", _ratio),
-    ("al_s_vs_mha", "AL ÷ mha", _ratio),
-    ("tokens_per_s_vs_mha", "throughput ÷ mha", _ratio),
-    ("tokens_per_j_vs_mha", "tok/J ÷ mha", _ratio),
+AXES: tuple[tuple[str, str], ...] = (
+    ("pretrain", "Architecture pretraining"),
+    ("finetune", "Fine-tuning"),
+    ("quantize", "Quantization / inference"),
 )
 
+INDEX_METRICS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("quality", "peak_mem_bytes", "al_s", "tt_tokens_per_param_s", "aec_w", "energy_j_per_token",
+                 "cost_usd_per_mtok", "co2_g_per_mtok"),
+    "finetune": ("quality", "peak_mem_bytes", "al_s", "st_samples_per_param_s", "aec_w", "energy_j_per_token",
+                 "cost_usd_per_mtok", "co2_g_per_mtok"),
+    "quantize": ("quality", "model_size_bytes", "peak_mem_bytes", "al_s", "it_tokens_per_s", "tpot_s_p50",
+                 "mcr_nominal", "energy_j_per_token", "cost_usd_per_mtok", "co2_g_per_mtok"),
+}
+"""The metrics of each axis's compact leaderboard in index.md (axis pages show every metric of the catalog)."""
+
+RATIO_METRICS = ("quality", "peak_mem_bytes", "al_s")
+"""Ratios to the baseline shown in index.md."""
+
+BASELINES = {"pretrain": "mha", "finetune": "full", "quantize": "bf16"}
+
+VERDICT_TEXT = {claims.AGREES: "**agrees**", claims.DISAGREES: "**disagrees**",
+                claims.NOT_MEASURABLE: "not measurable at this scale"}
+
 LEGEND = """\
-- **quality**: validation perplexity of the pretrained model (lower is better); the leaderboard is ranked by it.
-- **AMU**: average memory utilisation, the mean memory in use over the measured window, as bytes and as a share
-  of the device's memory (paper §5.1).
-- **PCU**: peak compute utilisation, the mean device utilisation over the window (NVML on GPU, CPU time / wall
-  time / threads on CPU). **MFU**: achieved FLOP/s ÷ the device's measured peak FLOP/s, the honest compute figure.
-- **AL**: average latency, mean seconds per training step; **p50 / p90 / p99** are percentiles of the step times.
-- **TT**: training throughput, tokens ÷ parameters ÷ seconds (paper §5.1); **throughput** is plain tokens/s.
-- **AEC**: average energy consumption, joules ÷ seconds over the window, i.e. mean power in watts; **energy
-  source** says where the joules came from (`nvml`, `rapl`, or `estimate`).
-- **peak mem**: highest memory in the window; **KV cache**: cache bytes per token over all layers at the model
-  dtype (what the attention variant saves at inference).
-- **÷ mha**: the cell's value divided by the `mha` (multi-head attention) baseline: below 1 for AMU and AL is
-  better, above 1 for throughput and tokens per joule is better.
+- **quality**: validation perplexity (pretraining, lower is better), held-out eval loss (fine-tuning, lower is
+  better), or the quantized model's task score (higher is better) / perplexity; the leaderboards rank by it.
+- **AMU**: average memory utilisation, the mean memory in use over the measured window (paper §5.1); **peak
+  memory**: the highest memory in the window (what must fit on the device).
+- **PCU**: mean compute utilisation over the window (NVML on GPU, CPU time / wall time / threads on CPU);
+  **MFU**: achieved FLOP/s ÷ the device's measured peak FLOP/s.
+- **AL**: average latency, mean seconds per training step (pretraining, fine-tuning) or per generate request
+  (inference); p50 / p99 are percentiles of the same samples, whose box plots are in the figures.
+- **TT / ST / IT**: the paper's throughputs: tokens / parameter / s (pretraining), samples / parameter / s
+  (fine-tuning), generated tokens / s (inference). **TPOT**: median time per output token.
+- **AEC**: average energy consumption, joules ÷ seconds over the window (mean power, W); **energy per token**:
+  joules per processed token. The energy source of each cell (`nvml`, `rapl` or `estimate`) is in the CSVs;
+  an estimate is labelled as one in every figure.
+- **MCR**: model compression rate = (size of bf16 ÷ size) × (quality ÷ quality of bf16), from nominal bits per
+  weight; the measured-bytes MCR is on the quantize page.
+- **cost / CO2 per million tokens**: from the USER-SET price per device-hour and grid intensity (see
+  Assumptions), not measured.
+- **mean ± x**: mean over trials ± the half-width of its 95% confidence interval (Student's t); one trial has
+  no interval. **≈** after a ratio: the 95% CIs of the cell and the baseline overlap (a difference within noise).
+- **normalised score** (axis pages, radars): the paper's min-max score (appendix eqs. 10-11) into [0.1, 1] per
+  metric within a board, 1 = best, flipped for lower-is-better metrics.
 """
 
 
-_TEXT_COLUMNS = frozenset({"cell", "energy_source"})
+# --- formatting -----------------------------------------------------------------------------------------------
 
 
-def _markdown_table(headers: list[str], body: list[list[str]], left: list[bool]) -> str:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
-
-    align = [":---" if is_left else "---:" for is_left in left]
-    return "\n".join([line(headers), "|" + "|".join(align) + "|", *(line(r) for r in body)])
+def _quality_header(cells: list[dict[str, Any]]) -> str:
+    names = sorted({c["quality_metric"] for c in cells if c.get("quality_metric")})
+    return f"quality ({', '.join(names)})" if names else "quality"
 
 
-def _records(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    cursor = con.execute(sql)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+def _metric_header(row: dict[str, Any]) -> str:
+    return tables.header(row["label"], row["unit"] or "")
+
+
+def _value(row: dict[str, Any] | None, with_rank: bool = False) -> str:
+    if row is None or row["mean"] is None:
+        return "—"
+    text = tables.mean_ci(row["mean"], row["ci95"], row["unit"] or "")
+    return f"{text} ({row['rank']})" if with_rank and row["rank"] is not None else text
+
+
+def _ratio(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "—"
+    text = tables.ratio(row["vs_baseline"])
+    return text + " ≈" if row["within_noise_of_baseline"] else text
+
+
+def _board_heading(level: str, axis: str, stage: str, board: str) -> str:
+    parts = [stage if stage != axis else "", board]
+    label = " · ".join(p for p in parts if p)
+    return f"{level} {label}" if label else ""
+
+
+# --- sections -------------------------------------------------------------------------------------------------
 
 
 def _summary(con: duckdb.DuckDBPyConnection, n_files: int) -> list[str]:
     n_rows, newest = con.execute("SELECT count(*), max(timestamp_utc) FROM rows").fetchone()
+    if not n_rows:
+        return ["No rows yet: no measured cell has written a row file."]
     counts = dict(con.execute("SELECT status, count(*) FROM latest GROUP BY status ORDER BY status").fetchall())
     axes = [a for (a,) in con.execute("SELECT DISTINCT axis FROM latest ORDER BY axis").fetchall()]
     devices = [d for (d,) in con.execute("SELECT DISTINCT device_name FROM latest WHERE device_name IS NOT NULL "
@@ -137,11 +132,10 @@ def _summary(con: duckdb.DuckDBPyConnection, n_files: int) -> list[str]:
                                       "ORDER BY 1").fetchall()]
     n_cells = sum(counts.values())
     status_text = ", ".join(f"{counts[s]} {s}" for s in records.STATUSES if s in counts)
-    if not n_rows:
-        return ["No rows yet: no measured cell has written a row file."]
     lines = [
         f"Built from {n_files} row file{'s' if n_files != 1 else ''} holding {n_rows} row{'s' if n_rows != 1 else ''}"
-        f" of {n_cells} measured cell{'s' if n_cells != 1 else ''}; latest row of each cell: {status_text}.",
+        f" of {n_cells} measured cell{'s' if n_cells != 1 else ''} (cell × trial); latest row of each: "
+        f"{status_text}.",
     ]
     if axes:
         lines.append(f"Axes: {', '.join(axes)}.")
@@ -154,38 +148,139 @@ def _summary(con: duckdb.DuckDBPyConnection, n_files: int) -> list[str]:
     return lines
 
 
-def _leaderboard_section(con: duckdb.DuckDBPyConnection) -> list[str]:
-    board = _records(con, "SELECT * FROM leaderboard_pretrain")
-    out = ["## Pretraining leaderboard", ""]
-    if not board:
-        out += ["No successful pretraining cells yet.", ""]
-        return out
-    metrics = sorted({r["quality_metric"] for r in board if r["quality_metric"]})
-    quality_header = f"quality ({', '.join(metrics)})" if metrics else "quality"
-    stages = sorted({r["stage"] or "" for r in board})
-    has_baseline = any(r["cell"] == "mha" for r in board)
-    out.append(
-        "Cells ranked by validation quality (lower perplexity is better); trials of a cell are averaged. "
-        + ("Ratios are to the `mha` baseline of the same stage." if has_baseline
-           else "No `mha` baseline cell succeeded, so the ratio columns are empty.")
-    )
-    out.append("")
-    for stage in stages:
-        if len(stages) > 1:
-            out += [f"### Stage `{stage or '(none)'}`", ""]
-        headers = [quality_header if col == "quality_value" else header for col, header, _ in LEADERBOARD_COLUMNS]
-        body = [
-            [fmt(r[col]) for col, _, fmt in LEADERBOARD_COLUMNS]
-            for r in board
-            if (r["stage"] or "") == stage
-        ]
-        left = [col in _TEXT_COLUMNS for col, _, _ in LEADERBOARD_COLUMNS]
-        out += [_markdown_table(headers, body, left), ""]
+def _claims_section(results: Sequence[claims.ClaimResult]) -> list[str]:
+    out = ["## The paper's claims, checked", "",
+           "Each finding of the EfficientLLM study (arXiv 2505.13840) that this benchmark can test, our numbers, and "
+           "a verdict: *agrees* / *disagrees* when the measured order matches / contradicts the paper's, *not "
+           "measurable at this scale* when a cell is missing or failed, or the difference is within noise (the 95% "
+           f"CIs overlap, or, with one trial, the means differ by less than {claims.TOLERANCE:.0%}). The checks "
+           "are data: `efficientllm/report/claims.py` (a SQL query and a rule each). Full table: `claims.csv`.", ""]
+    body = []
+    for r in results:
+        where = " · ".join(p for p in (r.stage if r.stage != r.axis else "", r.board) if p)
+        body.append([r.finding + (f" ({where})" if where else ""), r.measured, VERDICT_TEXT.get(r.verdict, r.verdict),
+                     r.why])
+    counts = {v: sum(r.verdict == v for r in results) for v in VERDICT_TEXT}
+    out += [tables.markdown_table(["finding (paper)", "measured here", "verdict", "why"], body,
+                                  [True, True, True, True]), "",
+            "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", ""]
     return out
 
 
+def _group(score_rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, dict[str, dict[str, Any]]]]:
+    """(axis, stage, board) -> cell -> metric -> scores row."""
+    out: dict[tuple[str, str, str], dict[str, dict[str, dict[str, Any]]]] = {}
+    for r in score_rows:
+        out.setdefault((r["axis"], r["stage"], r["board"]), {}).setdefault(r["cell"], {})[r["metric"]] = r
+    return out
+
+
+def _by_quality(cells: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    def key(cell: str) -> tuple:
+        quality = cells[cell].get("quality")
+        return (quality["rank"] if quality else 10**6, cell)
+
+    return sorted(cells, key=key)
+
+
+def _catalog(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in tables.records(con, "SELECT * FROM metric_catalog ORDER BY axis, position"):
+        out.setdefault(row["axis"], []).append(row)
+    return out
+
+
+def _figure_links(figures: list[plots.FigureFile], key: tuple[str, str, str], out_dir: Path,
+                  skip: tuple[str, ...] = ()) -> str:
+    mine = [f for f in figures if (f.axis, f.stage, f.board) == key and f.kind not in skip]
+    return " · ".join(f"[{f.title}]({f.path.relative_to(out_dir).as_posix()})" for f in mine)
+
+
+def _figure(figures: list[plots.FigureFile], key: tuple[str, str, str], kind: str, out_dir: Path) -> list[str]:
+    for f in figures:
+        if (f.axis, f.stage, f.board) == key and f.kind == kind:
+            return [f"![{f.title}]({f.path.relative_to(out_dir).as_posix()})", ""]
+    return []
+
+
+def _index_axis_section(axis: str, title: str, boards: dict, catalog: dict, figures: list[plots.FigureFile],
+                        out_dir: Path, failed_only: bool) -> list[str]:
+    out = [f"## {title}", ""]
+    if failed_only:
+        return out + ["No successful cells on this axis yet (see Failures).", ""]
+    baseline = BASELINES[axis]
+    metric_rows = {m["metric"]: m for m in catalog.get(axis, [])}
+    for key, cells in sorted(boards.items()):
+        heading = _board_heading("###", *key)
+        if heading:
+            out += [heading, ""]
+        order = _by_quality(cells)
+        all_rows = [r for c in cells.values() for r in c.values()]
+        quality_rows = [r for r in all_rows if r["metric"] == "quality"]
+        headers = ["rank", "cell", "trials"]
+        for m in INDEX_METRICS[axis]:
+            headers.append(_quality_header(quality_rows) if m == "quality" else _metric_header(metric_rows[m]))
+        headers += [f"{'quality' if m == 'quality' else metric_rows[m]['label']} ÷ {baseline}" for m in RATIO_METRICS]
+        body = []
+        for cell in order:
+            metrics = cells[cell]
+            quality = metrics.get("quality")
+            n = max((r["n"] for r in metrics.values()), default=0)
+            body.append([tables.text(quality["rank"] if quality else None), cell, str(n),
+                         *(_value(metrics.get(m)) for m in INDEX_METRICS[axis]),
+                         *(_ratio(metrics.get(m)) for m in RATIO_METRICS)])
+        out += [tables.markdown_table(headers, body, [False, True] + [False] * (len(headers) - 2)), ""]
+        if not any(cells[c].get("quality", {}).get("is_baseline") for c in cells if "quality" in cells[c]):
+            out += [f"No ok `{baseline}` baseline cell on this board: the ratio columns are empty.", ""]
+        out += _figure(figures, key, "pareto", out_dir)
+        links = _figure_links(figures, key, out_dir, skip=("pareto",))
+        if links:
+            out += [f"More figures: {links}.", ""]
+    out += [f"Every metric with its rank, normalised score and ratio: [{axis}.md]({axis}.md) · "
+            f"`leaderboard_{axis}.csv` · `efficientllm sql \"SELECT * FROM leaderboard_{axis}\"`.", ""]
+    return out
+
+
+def _axis_page(axis: str, title: str, boards: dict, catalog: dict, figures: list[plots.FigureFile],
+               out_dir: Path) -> str:
+    baseline = BASELINES[axis]
+    metrics = catalog.get(axis, [])
+    radar = [m for m in metrics if m["radar"]]
+    out = [f"# {title}", "", "[← report](index.md)", "",
+           "Means over trials ± 95% CI (rank within the board in brackets; 1 = best), the paper's normalised "
+           f"scores (eqs. 10-11: 1 = best of the board, 0.1 = worst) and ratios to the `{baseline}` baseline "
+           "(≈: the CIs overlap). Same numbers: `efficientllm sql \"SELECT * FROM scores WHERE axis = "
+           f"'{axis}'\"`.", ""]
+    for key, cells in sorted(boards.items()):
+        heading = _board_heading("##", *key)
+        if heading:
+            out += [heading, ""]
+        order = _by_quality(cells)
+        quality_rows = [c["quality"] for c in cells.values() if "quality" in c]
+        present = [m for m in metrics if any(m["metric"] in cells[c] for c in cells)]
+
+        def head(m: dict[str, Any], rows: list[dict[str, Any]] = quality_rows, unit: bool = True) -> str:
+            if m["metric"] == "quality":
+                return _quality_header(rows)
+            return _metric_header(m) if unit else m["label"]  # scores and ratios have no unit
+
+        out += ["### Measured", ""]
+        body = [[cell, *(_value(cells[cell].get(m["metric"]), with_rank=True) for m in present)] for cell in order]
+        out += [tables.markdown_table(["cell", *(head(m) for m in present)], body), ""]
+        out += ["### Normalised scores", ""]
+        body = [[cell, *(tables.number((cells[cell].get(m["metric"]) or {}).get("normalized_score"))
+                         for m in radar)] for cell in order]
+        out += [tables.markdown_table(["cell", *(head(m, unit=False) for m in radar)], body), ""]
+        out += [f"### ÷ {baseline}", ""]
+        body = [[cell, *(_ratio(cells[cell].get(m["metric"])) for m in present)] for cell in order]
+        out += [tables.markdown_table(["cell", *(head(m, unit=False) for m in present)], body), ""]
+        for kind in plots.FIGURES:
+            out += _figure(figures, key, kind, out_dir)
+    return "\n".join(out).rstrip() + "\n"
+
+
 def _failures_section(con: duckdb.DuckDBPyConnection) -> list[str]:
-    failures = _records(con, "SELECT * FROM failures")
+    failures = tables.records(con, "SELECT * FROM failures WHERE rev = 'workspace'")
     out = ["## Failures", ""]
     if not failures:
         return out + ["No failed or skipped cells.", ""]
@@ -198,19 +293,44 @@ def _failures_section(con: duckdb.DuckDBPyConnection) -> list[str]:
     return out
 
 
-def render_markdown(con: duckdb.DuckDBPyConnection, n_files: int, title: str = "efficientllm report") -> str:
-    """The text of index.md for the rows and views held by `con`."""
-    lines = [f"# {title}", ""]
-    lines += _summary(con, n_files)
-    lines += [
-        "",
-        'Every number below is a row in DuckDB: `efficientllm sql "SELECT * FROM leaderboard_pretrain"`. '
-        "Next to this file: `leaderboard_pretrain.csv`, `rows.csv` (every row, no latency samples), "
-        "`rows.parquet` (every row and column).",
-        "",
-    ]
-    lines += _leaderboard_section(con)
+def _assumptions_section(con: duckdb.DuckDBPyConnection) -> list[str]:
+    a = tables.records(con, "SELECT * FROM assumptions")[0]
+    sources = tables.records(con, "SELECT coalesce(energy_source, 'none') AS source, count(*) AS n FROM measured "
+                                  "WHERE status = 'ok' GROUP BY 1 ORDER BY 1")
+    price = "not set" if a["usd_per_device_hour"] is None else f"{tables.number(a['usd_per_device_hour'])} USD"
+    grid = "not set" if a["grid_g_co2_per_kwh"] is None else f"{tables.number(a['grid_g_co2_per_kwh'])} gCO2/kWh"
+    energy = ", ".join(f"{s['n']} {s['source']}" for s in sources) or "no ok rows"
+    return ["## Assumptions behind cost and CO2", "",
+            f"USER-SET, not measured ({a['source']}): price per device-hour {price}; grid carbon intensity {grid}. "
+            "Cost per million tokens = price × devices ÷ 3600 × 10⁶ ÷ tokens per second; CO2 per million tokens = "
+            "joules per token × 10⁶ ÷ 3.6·10⁶ (kWh) × grid intensity. Energy of the ok rows by source: "
+            f"{energy}; `estimate` means no hardware energy counter was readable, so the CO2 figures built on it "
+            "are estimates of estimates.", ""]
+
+
+def render_index(con: duckdb.DuckDBPyConnection, n_files: int, title: str, claim_results: Sequence,
+                 figures: list[plots.FigureFile], out_dir: Path) -> str:
+    """The text of index.md."""
+    score_rows = tables.records(con, "SELECT * FROM scores WHERE rev = 'workspace'")
+    boards = _group(score_rows)
+    catalog = _catalog(con)
+    axes_with_rows = {a for (a,) in con.execute("SELECT DISTINCT axis FROM latest").fetchall()}
+    lines = [f"# {title}", "", *_summary(con, n_files), ""]
+    pages = [f"[{axis}]({axis}.md)" for axis, _ in AXES if axis in axes_with_rows]
+    lines += ['Every number below is a row in DuckDB (`efficientllm sql "SELECT * FROM scores"`). Axis pages: '
+              + (" · ".join(pages) or "none yet") + ". Next to this file: `leaderboard_<axis>.csv`, `scores.csv`, "
+              "`claims.csv`, `rows.csv` (every row, no latency samples), `rows.parquet` (every row and column), "
+              "`figures/`.", ""]
+    lines += _claims_section(claim_results)
+    for axis, axis_title in AXES:
+        if axis not in axes_with_rows:
+            continue
+        mine = {k: v for k, v in boards.items() if k[0] == axis}
+        lines += _index_axis_section(axis, axis_title, mine, catalog, figures, out_dir, failed_only=not mine)
+    if not axes_with_rows:
+        lines += ["No successful cells yet.", ""]
     lines += _failures_section(con)
+    lines += _assumptions_section(con)
     lines += ["## What the metrics mean", "", LEGEND]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -228,31 +348,64 @@ def _copy_atomic(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path, op
         raise
 
 
+def _claims_csv(results: Sequence[claims.ClaimResult]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["claim_id", "axis", "finding", "rev", "stage", "board", "verdict", "measured", "why"])
+    for r in results:
+        writer.writerow([r.claim_id, r.axis, r.finding, r.rev, r.stage, r.board, r.verdict, r.measured, r.why])
+    return buf.getvalue()
+
+
 _ROW_ORDER = "ORDER BY axis, stage, cell, trial, timestamp_utc, run_id"
 
 
-def build_report(row_files: views.RowFiles, out_dir: str | os.PathLike,
-                 title: str = "efficientllm report") -> dict[str, Path]:
-    """Write index.md, leaderboard_pretrain.csv, rows.csv and rows.parquet into `out_dir`; returns their paths.
+def build_report(row_files: views.RowFiles, out_dir: str | os.PathLike, title: str = "efficientllm report",
+                 assumptions: views.Assumptions | None = None, figures: bool = True) -> dict[str, Path]:
+    """Write the report into `out_dir` (see the module docstring); returns the paths written by name
+    (index, <axis>_page, leaderboard_<axis>, scores, claims, rows_csv, rows_parquet, figure:<file name>).
 
-    `row_files` is a list of row files or a glob pattern, as for `views.connect`.
+    `row_files` is a list of row files or a glob pattern, as for `views.connect`; `assumptions` sets the price
+    and grid intensity of the cost and CO2 columns; `figures=False` skips the PNGs (and matplotlib).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = views.find_row_files(row_files)
-    paths = {
-        "index": out / "index.md",
-        "leaderboard_pretrain": out / "leaderboard_pretrain.csv",
-        "rows_csv": out / "rows.csv",
-        "rows_parquet": out / "rows.parquet",
-    }
-    con = views.connect(files, read_only=False)  # COPY needs file access; no user SQL runs here
+    con = views.connect(files, read_only=False, assumptions=assumptions)  # COPY needs file access; no user SQL
     try:
-        _copy_atomic(con, "SELECT * FROM leaderboard_pretrain", paths["leaderboard_pretrain"], "FORMAT csv, HEADER")
-        _copy_atomic(con, f"SELECT * EXCLUDE (latency_samples_s) FROM rows {_ROW_ORDER}", paths["rows_csv"],
-                     "FORMAT csv, HEADER")
-        _copy_atomic(con, f"SELECT * FROM rows {_ROW_ORDER}", paths["rows_parquet"], "FORMAT parquet")
-        records.atomic_write_text(paths["index"], render_markdown(con, len(files), title))
+        paths: dict[str, Path] = {}
+        for axis, _ in AXES:
+            paths[f"leaderboard_{axis}"] = out / f"leaderboard_{axis}.csv"
+            _copy_atomic(con, f"SELECT * FROM leaderboard_{axis}", paths[f"leaderboard_{axis}"], "FORMAT csv, HEADER")
+        paths["scores"] = out / "scores.csv"
+        _copy_atomic(con, "SELECT * FROM scores", paths["scores"], "FORMAT csv, HEADER")
+        paths["rows_csv"] = out / "rows.csv"
+        _copy_atomic(con, f"SELECT * EXCLUDE (latency_samples_s, rev, row_file) FROM rows {_ROW_ORDER}",
+                     paths["rows_csv"], "FORMAT csv, HEADER")
+        paths["rows_parquet"] = out / "rows.parquet"
+        _copy_atomic(con, f"SELECT * EXCLUDE (rev, row_file) FROM rows {_ROW_ORDER}", paths["rows_parquet"],
+                     "FORMAT parquet")
+
+        results = claims.check_claims(con, rev=views.WORKSPACE)
+        paths["claims"] = out / "claims.csv"
+        records.atomic_write_text(paths["claims"], _claims_csv(results))
+
+        drawn = plots.draw_figures(con, out, rev=views.WORKSPACE) if figures else []
+        for f in drawn:
+            paths[f"figure:{f.path.name}"] = f.path
+
+        axes_with_rows = {a for (a,) in con.execute("SELECT DISTINCT axis FROM latest").fetchall()}
+        boards = _group(tables.records(con, "SELECT * FROM scores WHERE rev = 'workspace'"))
+        catalog = _catalog(con)
+        for axis, axis_title in AXES:
+            if axis in axes_with_rows:
+                paths[f"{axis}_page"] = out / f"{axis}.md"
+                mine = {k: v for k, v in boards.items() if k[0] == axis}
+                page = _axis_page(axis, axis_title, mine, catalog, drawn, out) if mine else (
+                    f"# {axis_title}\n\n[← report](index.md)\n\nNo successful cells on this axis yet.\n")
+                records.atomic_write_text(paths[f"{axis}_page"], page)
+        paths["index"] = out / "index.md"
+        records.atomic_write_text(paths["index"], render_index(con, len(files), title, results, drawn, out))
     finally:
         con.close()
     return paths

@@ -2,9 +2,12 @@
 
 Every measured cell writes one row file (`records.write_row`). `connect` validates each file with
 `records.read_row`, loads them into an in-memory DuckDB as the table `rows` (typed from
-`records.duckdb_columns()`, so a column that is null everywhere still has its type), then creates the views
-from the plain `.sql` files in `VIEW_FILES` order. Users query them with SQL; the SQL never touches the
-row files, so a query cannot change a result.
+`records.duckdb_columns()`, so a column that is null everywhere still has its type, plus `rev` and
+`row_file`), then creates the views from the plain `.sql` files (`VIEW_FILES` order; a new file in
+report/sql/ is picked up too). `connect_loaded` does the same for rows read elsewhere, e.g. from several git
+revisions (`report.revisions`), one `rev` each. Two small tables sit beside `rows`: `revisions` (the
+revisions loaded, in order) and `assumptions` (the user-set price and grid intensity of the cost and CO2
+columns). Users query them with SQL; the SQL never touches the row files, so a query cannot change a result.
 
 Read-only (the default, what `efficientllm sql` uses): once the views exist, the database loses file and
 network access and its configuration is locked, and `execute_read` refuses any statement that is not a read
@@ -18,7 +21,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,11 +33,38 @@ from efficientllm import records
 
 SQL_DIR = Path(__file__).with_name("sql")
 
-VIEW_FILES: tuple[str, ...] = ("latest.sql", "pretrain.sql", "leaderboard_pretrain.sql", "failures.sql")
-"""View definitions, in load order (a view may only use views listed before it)."""
+VIEW_FILES: tuple[str, ...] = (
+    "latest.sql",
+    "measured.sql",
+    "pretrain.sql",
+    "finetune.sql",
+    "quantize.sql",
+    "failures.sql",
+    "t_critical.sql",
+    "metric_catalog.sql",
+    "trial_metrics.sql",
+    "scores.sql",
+    "leaderboard_pretrain.sql",
+    "leaderboard_finetune.sql",
+    "leaderboard_quantize.sql",
+    "pareto.sql",
+    "revision_diff.sql",
+)
+"""View definitions in load order. Any other .sql file in SQL_DIR is loaded after these, and a view whose
+dependencies are not there yet is retried once the others exist, so the order is a preference, not a contract."""
 
-DEFAULT_ROWS_GLOB = "results/*/*/row.json"
-"""Where the pipeline stages write their rows: results/<stage>/<cell>/row.json."""
+EXTRA_COLUMNS: dict[str, str] = {"rev": "VARCHAR", "row_file": "VARCHAR"}
+"""Columns of `rows` beyond the schema: the revision a row was read at, and the file it came from."""
+
+_INSERT_BATCH = 100
+"""Rows per INSERT statement when loading."""
+
+WORKSPACE = "workspace"
+"""The `rev` of rows read from the files on disk (not from a git revision)."""
+
+DEFAULT_ROWS_GLOB = "results/**/row.json"
+"""Where the pipeline stages write their rows: results/<stage>/<cell>/row.json (any depth below results/, so a
+layout with one folder per trial, results/<stage>/<cell>/<trial>/row.json, is read too)."""
 
 READ_PRAGMAS = frozenset(
     {
@@ -65,6 +96,28 @@ class ReadOnlyError(ValueError):
     """A statement that is not a read, sent to a read-only report database."""
 
 
+@dataclass(frozen=True)
+class Assumptions:
+    """User-set figures behind the cost and CO2 columns (params.yaml `report:`); never measured."""
+
+    usd_per_device_hour: float | None = None
+    """Price of one device (GPU, or the CPU machine) for one hour, USD; None: no cost column."""
+    grid_g_co2_per_kwh: float | None = None
+    """Carbon intensity of the electricity, grams CO2 per kWh; None: no CO2 column."""
+    source: str = "not set"
+    """Where the figures came from, shown next to them (e.g. 'params.yaml report:')."""
+
+
+@dataclass(frozen=True)
+class RevisionRows:
+    """The rows of one revision: its label (the `rev` column), the commit it resolved to, and the row dicts."""
+
+    rev: str
+    commit: str | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """Typed rows (`typed_row`), each with a 'row_file' key naming where it was read."""
+
+
 def find_row_files(row_files: RowFiles) -> list[Path]:
     """The row files to load: the paths given, or the sorted matches of a glob pattern."""
     if isinstance(row_files, str):
@@ -87,85 +140,102 @@ def _utc_naive(value: str, column: str, path: Path) -> datetime:
     return stamp
 
 
-def _arrow_type(sql_type: str) -> Any:
-    import pyarrow as pa
-
-    types = {
-        "VARCHAR": pa.string(),
-        "INTEGER": pa.int32(),
-        "BIGINT": pa.int64(),
-        "DOUBLE": pa.float64(),
-        "BOOLEAN": pa.bool_(),
-        "TIMESTAMP": pa.timestamp("us"),
-        "JSON": pa.string(),  # cast to JSON by the INSERT
-        "DOUBLE[]": pa.list_(pa.float64()),
-    }
-    if sql_type not in types:
-        raise NotImplementedError(f"report.views cannot load schema type {sql_type!r}; add it to _arrow_type")
-    return types[sql_type]
+def typed_row(row: Mapping[str, Any], where: str | os.PathLike) -> dict[str, Any]:
+    """A validated row (`records.make_row` output) made ready for the `rows` table: times as naive UTC
+    datetimes, `extra` as JSON text, and 'row_file' = `where`. Bad values raise `RowError` naming `where`."""
+    columns = records.duckdb_columns()
+    out = dict(row)
+    for name, sql_type in columns.items():
+        value = out[name]
+        if value is None:
+            continue
+        if sql_type == "TIMESTAMP":
+            out[name] = _utc_naive(str(value), name, Path(where))
+        elif sql_type == "JSON":
+            out[name] = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    out["row_file"] = str(where)
+    return out
 
 
 def load_rows(row_files: RowFiles) -> list[dict[str, Any]]:
     """Read and validate every row file (`records.read_row`); the first bad file raises `RowError` naming it."""
-    columns = records.duckdb_columns()
-    rows = []
-    for path in find_row_files(row_files):
-        row = records.read_row(path)
-        for name, sql_type in columns.items():
-            value = row[name]
-            if value is None:
-                continue
-            if sql_type == "TIMESTAMP":
-                row[name] = _utc_naive(str(value), name, path)
-            elif sql_type == "JSON":
-                row[name] = json.dumps(value, ensure_ascii=False, allow_nan=False)
-        rows.append(row)
-    return rows
+    return [typed_row(records.read_row(path), path) for path in find_row_files(row_files)]
 
 
-def _create_rows_table(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> None:
-    columns = records.duckdb_columns()
+def _create_tables(con: duckdb.DuckDBPyConnection, revisions: Sequence[RevisionRows],
+                   assumptions: Assumptions) -> None:
+    columns = {**records.duckdb_columns(), **EXTRA_COLUMNS}
     ddl = ",\n    ".join(f'"{name}" {sql_type}' for name, sql_type in columns.items())
     con.execute(f"CREATE TABLE rows (\n    {ddl}\n)")
-    if not rows:
-        return
-    import pyarrow as pa
-
-    incoming = pa.table(
-        {name: pa.array([row[name] for row in rows], type=_arrow_type(t)) for name, t in columns.items()}
+    con.execute("CREATE TABLE revisions (rev VARCHAR, rev_order INTEGER, commit VARCHAR, n_rows INTEGER)")
+    con.execute("CREATE TABLE assumptions (usd_per_device_hour DOUBLE, grid_g_co2_per_kwh DOUBLE, source VARCHAR, "
+                "note VARCHAR)")
+    con.execute(
+        "INSERT INTO assumptions VALUES (?, ?, ?, ?)",
+        [assumptions.usd_per_device_hour, assumptions.grid_g_co2_per_kwh, assumptions.source,
+         "user-set assumptions, not measurements: cost = price x device-hours per token; "
+         "CO2 = energy per token x grid intensity (see the view `measured`)"],
     )
-    con.register("_incoming_rows", incoming)
-    try:
-        con.execute("INSERT INTO rows BY NAME SELECT * FROM _incoming_rows")
-    finally:
-        con.unregister("_incoming_rows")
+    labels = [r.rev for r in revisions]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"each revision may be loaded once; got {', '.join(labels)}")
+    for order, revision in enumerate(revisions):
+        con.execute("INSERT INTO revisions VALUES (?, ?, ?, ?)",
+                    [revision.rev, order, revision.commit, len(revision.rows)])
+    rows = [{**row, "rev": revision.rev} for revision in revisions for row in revision.rows]
+    # Multi-row INSERT ... VALUES with parameters: a few ms per row and no pandas / pyarrow import (which would
+    # cost the CLI a second); DuckDB casts each value to the column's type (JSON text, DOUBLE[] lists, ...).
+    names = list(columns)
+    placeholders = "(" + ", ".join("?" * len(names)) + ")"
+    for start in range(0, len(rows), _INSERT_BATCH):
+        batch = rows[start:start + _INSERT_BATCH]
+        con.execute(f"INSERT INTO rows VALUES {', '.join([placeholders] * len(batch))}",
+                    [row.get(name) for row in batch for name in names])
+
+
+def view_files() -> list[Path]:
+    """Every view file: `VIEW_FILES` first, in that order, then any other .sql file of SQL_DIR by name."""
+    listed = [SQL_DIR / name for name in VIEW_FILES]
+    others = sorted(p for p in SQL_DIR.glob("*.sql") if p.name not in VIEW_FILES)
+    return listed + others
 
 
 def create_views(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Run every file of `VIEW_FILES` on `con`; returns the view names (the file stems)."""
-    names = []
-    for file_name in VIEW_FILES:
-        path = SQL_DIR / file_name
-        try:
-            con.execute(path.read_text(encoding="utf-8"))
-        except duckdb.Error as e:
-            raise RuntimeError(f"view file {path} failed: {e}") from e
-        names.append(path.stem)
-    return names
+    """Run every view file on `con`; returns the view names (the file stems) in the order they were created.
 
-
-def connect(row_files: RowFiles, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB holding the table `rows` and the report views over `row_files`.
-
-    `row_files` is a list of row files or one glob pattern; no files gives an empty, typed `rows`. A file
-    that is not a valid row raises `records.RowError` naming the file. With `read_only` the connection
-    then loses file system and network access and its configuration is locked; pass SQL from users
-    through `execute_read`, which also refuses statements that are not reads.
+    A file that fails because a view it reads does not exist yet is retried after the others, so a new view
+    file works wherever it sorts; a file that still fails raises RuntimeError naming it.
     """
-    rows = load_rows(row_files)
-    con = duckdb.connect(":memory:")
+    pending = view_files()
+    created: list[str] = []
+    while pending:
+        failed: list[tuple[Path, duckdb.Error]] = []
+        for path in pending:
+            try:
+                con.execute(path.read_text(encoding="utf-8"))
+            except duckdb.CatalogException as e:  # reads a view created later: retry
+                failed.append((path, e))
+                continue
+            except duckdb.Error as e:
+                raise RuntimeError(f"view file {path} failed: {e}") from e
+            created.append(path.stem)
+        if len(failed) == len(pending):
+            path, error = failed[0]
+            raise RuntimeError(f"view file {path} failed: {error}") from error
+        pending = [path for path, _ in failed]
+    return created
+
+
+def connect_loaded(revisions: Sequence[RevisionRows], read_only: bool = True,
+                   assumptions: Assumptions | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB holding `rows` (one `rev` per entry of `revisions`), `revisions`, `assumptions` and
+    the report views. With `read_only` the connection then loses file system and network access and its
+    configuration is locked; pass SQL from users through `execute_read`."""
+    # One thread: parallel aggregation adds floats in a varying order, so a mean or a CI could differ in its last
+    # bit from run to run; the rows are few, and the same rows must always give the same numbers (and report bytes).
+    con = duckdb.connect(":memory:", config={"threads": 1})
     try:
-        _create_rows_table(con, rows)
+        _create_tables(con, revisions, assumptions or Assumptions())
         create_views(con)
         if read_only:
             con.execute("SET enable_external_access = false")
@@ -174,6 +244,18 @@ def connect(row_files: RowFiles, read_only: bool = True) -> duckdb.DuckDBPyConne
         con.close()
         raise
     return con
+
+
+def connect(row_files: RowFiles, read_only: bool = True,
+            assumptions: Assumptions | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB holding the table `rows` and the report views over `row_files` (rev 'workspace').
+
+    `row_files` is a list of row files or one glob pattern; no files gives an empty, typed `rows`. A file
+    that is not a valid row raises `records.RowError` naming the file. `assumptions` sets the price and grid
+    intensity of the cost and CO2 columns (default: none, so those columns are null). See `connect_loaded`.
+    """
+    rows = load_rows(row_files)
+    return connect_loaded([RevisionRows(WORKSPACE, None, rows)], read_only=read_only, assumptions=assumptions)
 
 
 def _token_texts(sql: str) -> list[tuple[int, str]]:

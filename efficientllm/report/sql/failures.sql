@@ -1,7 +1,7 @@
 -- failures: cells whose latest row did not succeed (status 'failed' or 'skipped'), with why.
 --
 -- Stages record a failed cell as a row (status, error with the traceback) instead of losing it, so the
--- report can say what is missing. Only the latest row of a cell counts: a cell that failed and then
+-- report can say what is missing. Only the latest row of a cell (per rev) counts: a cell that failed and then
 -- succeeded is not listed. error_summary is the line worth reading: the first non-empty line of error,
 -- or its last non-empty line (the exception) when the error starts with a Python traceback header.
 --
@@ -16,6 +16,7 @@ WITH lines AS (
     WHERE status <> 'ok'
 )
 SELECT
+    rev,
     axis,
     stage,
     cell,
@@ -29,4 +30,4 @@ SELECT
     git_sha,
     timestamp_utc
 FROM lines
-ORDER BY axis, stage, cell, trial;
+ORDER BY rev, axis, stage, cell, trial;

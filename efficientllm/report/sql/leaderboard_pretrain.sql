@@ -1,60 +1,81 @@
--- leaderboard_pretrain: pretraining cells ranked by quality, with ratios to the MHA baseline.
+-- leaderboard_pretrain: one row per cell, ranked by quality, trials averaged.
 --
--- Only cells whose latest row has status 'ok' are ranked. Trials of one cell are averaged (n_trials says
--- how many), so the latency percentiles of a multi-trial cell are means of per-trial percentiles.
--- rank orders cells within a stage by quality_value ascending: the quality metric of this axis is
--- validation perplexity, where lower is better; ties share a rank.
+-- The architecture-pretraining cells: a pivot of `scores`. Only cells whose latest trial rows are ok count;
+-- n_trials says how many. rank is the quality rank within (rev, stage, board); quality is validation perplexity
+-- (lower is better). For every metric: its mean over trials (units in the name: bytes, seconds, watts, joules);
+-- quality_ci95 / al_s_ci95 the 95% CI half-width (null for one trial). For the radar metrics, <metric>_rank is the
+-- rank and <metric>_score the paper's normalised score in [0.1, 1] (1 = best; appendix eqs. 10-11).
+-- <metric>_vs_mha is the cell's mean / the `mha` baseline cell's mean on the same board (null without an ok `mha`
+-- cell); read it as 'times the baseline': al_s_vs_mha = 0.8 is 20% less time per step. quality_within_noise_of_mha
+-- / al_s_within_noise_of_mha: the 95% CIs overlap (null with one trial). cost_usd_per_mtok and co2_g_per_mtok are
+-- estimates from user-set assumptions (`measured`); energy_source lists where the joules came from (nvml, rapl,
+-- estimate).
 --
--- The *_vs_mha columns divide a cell's value by the value of the `mha` cell of the same stage (multi-head
--- attention, the paper's baseline); they are null when there is no ok `mha` cell or its value is null or
--- zero. Read them as "times the baseline": al_s_vs_mha = 0.8 is 20% less time per step,
--- tokens_per_s_vs_mha = 1.25 is 25% more throughput. tokens_per_j (energy efficiency) falls back to
--- tokens_per_s / aec_w when a row does not carry it, which is the same quantity (tokens/s / J/s).
---
---   efficientllm sql "SELECT rank, cell, quality_value, al_s_vs_mha FROM leaderboard_pretrain"
+--   efficientllm sql "SELECT rank, cell, quality_value, quality_ci95, al_s_vs_mha FROM leaderboard_pretrain"
 CREATE VIEW leaderboard_pretrain AS
-WITH per_cell AS (
+WITH cells AS (
     SELECT
+        rev,
         stage,
+        board,
         cell,
         min(technique) AS technique,
-        count(*) AS n_trials,
+        any_value(extra ->> '$.attention') AS attention,
+        any_value(extra ->> '$.positional') AS positional,
+        any_value(extra ->> '$.mlp') AS mlp,
+        any_value(extra ->> '$.family') AS family,
         max(n_params) AS n_params,
+        max(n_active_params) AS n_active_params,
+        count(*) AS n_trials,
         min(quality_metric) AS quality_metric,
-        avg(quality_value) AS quality_value,
-        avg(amu_bytes) AS amu_bytes,
-        avg(amu_ratio) AS amu_ratio,
-        avg(pcu_ratio) AS pcu_ratio,
-        avg(mfu) AS mfu,
-        avg(al_s) AS al_s,
-        avg(latency_s_p50) AS latency_s_p50,
-        avg(latency_s_p90) AS latency_s_p90,
-        avg(latency_s_p99) AS latency_s_p99,
-        avg(tt_tokens_per_param_s) AS tt_tokens_per_param_s,
-        avg(tokens_per_s) AS tokens_per_s,
-        avg(aec_w) AS aec_w,
-        avg(energy_j) AS energy_j,
-        string_agg(DISTINCT energy_source, ',' ORDER BY energy_source) AS energy_source,
-        avg(coalesce(tokens_per_j, tokens_per_s / nullif(aec_w, 0))) AS tokens_per_j,
-        avg(peak_mem_bytes) AS peak_mem_bytes,
-        avg(kv_cache_bytes_per_token) AS kv_cache_bytes_per_token
-    FROM pretrain
-    WHERE status = 'ok'
-    GROUP BY stage, cell
-),
-baseline AS (
-    SELECT * FROM per_cell WHERE cell = 'mha'
+        string_agg(DISTINCT energy_source, ',' ORDER BY energy_source) AS energy_source
+    FROM measured
+    WHERE axis = 'pretrain' AND status = 'ok'
+    GROUP BY rev, stage, board, cell
 )
 SELECT
-    rank() OVER (PARTITION BY c.stage ORDER BY c.quality_value ASC NULLS LAST) AS rank,
+    max(s.rank) FILTER (WHERE s.metric = 'quality') AS rank,
     c.*,
-    c.quality_value / nullif(b.quality_value, 0) AS quality_vs_mha,
-    c.amu_bytes / nullif(b.amu_bytes, 0) AS amu_bytes_vs_mha,
-    c.peak_mem_bytes / nullif(b.peak_mem_bytes, 0) AS peak_mem_vs_mha,
-    c.al_s / nullif(b.al_s, 0) AS al_s_vs_mha,
-    c.tokens_per_s / nullif(b.tokens_per_s, 0) AS tokens_per_s_vs_mha,
-    c.aec_w / nullif(b.aec_w, 0) AS aec_w_vs_mha,
-    c.tokens_per_j / nullif(b.tokens_per_j, 0) AS tokens_per_j_vs_mha
-FROM per_cell AS c
-LEFT JOIN baseline AS b ON b.stage IS NOT DISTINCT FROM c.stage
-ORDER BY c.stage, rank, c.cell;
+    max(s.mean) FILTER (WHERE s.metric = 'quality') AS quality_value,
+    max(s.ci95) FILTER (WHERE s.metric = 'quality') AS quality_ci95,
+    max(s.mean) FILTER (WHERE s.metric = 'amu_bytes') AS amu_bytes,
+    max(s.mean) FILTER (WHERE s.metric = 'pcu_ratio') AS pcu_ratio,
+    max(s.mean) FILTER (WHERE s.metric = 'mfu') AS mfu,
+    max(s.mean) FILTER (WHERE s.metric = 'al_s') AS al_s,
+    max(s.mean) FILTER (WHERE s.metric = 'latency_s_p50') AS latency_s_p50,
+    max(s.mean) FILTER (WHERE s.metric = 'latency_s_p99') AS latency_s_p99,
+    max(s.mean) FILTER (WHERE s.metric = 'tt_tokens_per_param_s') AS tt_tokens_per_param_s,
+    max(s.mean) FILTER (WHERE s.metric = 'tokens_per_s') AS tokens_per_s,
+    max(s.mean) FILTER (WHERE s.metric = 'aec_w') AS aec_w,
+    max(s.mean) FILTER (WHERE s.metric = 'energy_j_per_token') AS energy_j_per_token,
+    max(s.mean) FILTER (WHERE s.metric = 'peak_mem_bytes') AS peak_mem_bytes,
+    max(s.mean) FILTER (WHERE s.metric = 'kv_cache_bytes_per_token') AS kv_cache_bytes_per_token,
+    max(s.mean) FILTER (WHERE s.metric = 'cost_usd_per_mtok') AS cost_usd_per_mtok,
+    max(s.mean) FILTER (WHERE s.metric = 'co2_g_per_mtok') AS co2_g_per_mtok,
+    max(s.ci95) FILTER (WHERE s.metric = 'al_s') AS al_s_ci95,
+    max(s.normalized_score) FILTER (WHERE s.metric = 'quality') AS quality_score,
+    max(s.rank) FILTER (WHERE s.metric = 'amu_bytes') AS amu_bytes_rank,
+    max(s.normalized_score) FILTER (WHERE s.metric = 'amu_bytes') AS amu_bytes_score,
+    max(s.rank) FILTER (WHERE s.metric = 'pcu_ratio') AS pcu_ratio_rank,
+    max(s.normalized_score) FILTER (WHERE s.metric = 'pcu_ratio') AS pcu_ratio_score,
+    max(s.rank) FILTER (WHERE s.metric = 'al_s') AS al_s_rank,
+    max(s.normalized_score) FILTER (WHERE s.metric = 'al_s') AS al_s_score,
+    max(s.rank) FILTER (WHERE s.metric = 'tt_tokens_per_param_s') AS tt_tokens_per_param_s_rank,
+    max(s.normalized_score) FILTER (WHERE s.metric = 'tt_tokens_per_param_s') AS tt_tokens_per_param_s_score,
+    max(s.rank) FILTER (WHERE s.metric = 'aec_w') AS aec_w_rank,
+    max(s.normalized_score) FILTER (WHERE s.metric = 'aec_w') AS aec_w_score,
+    max(s.vs_baseline) FILTER (WHERE s.metric = 'quality') AS quality_vs_mha,
+    max(s.vs_baseline) FILTER (WHERE s.metric = 'amu_bytes') AS amu_bytes_vs_mha,
+    max(s.vs_baseline) FILTER (WHERE s.metric = 'peak_mem_bytes') AS peak_mem_bytes_vs_mha,
+    max(s.vs_baseline) FILTER (WHERE s.metric = 'al_s') AS al_s_vs_mha,
+    max(s.vs_baseline) FILTER (WHERE s.metric = 'tokens_per_s') AS tokens_per_s_vs_mha,
+    max(s.vs_baseline) FILTER (WHERE s.metric = 'aec_w') AS aec_w_vs_mha,
+    max(s.vs_baseline) FILTER (WHERE s.metric = 'energy_j_per_token') AS energy_j_per_token_vs_mha,
+    max(s.vs_baseline) FILTER (WHERE s.metric = 'kv_cache_bytes_per_token') AS kv_cache_bytes_per_token_vs_mha,
+    bool_or(s.within_noise_of_baseline) FILTER (WHERE s.metric = 'quality') AS quality_within_noise_of_mha,
+    bool_or(s.within_noise_of_baseline) FILTER (WHERE s.metric = 'al_s') AS al_s_within_noise_of_mha
+FROM cells AS c
+LEFT JOIN scores AS s ON s.axis = 'pretrain' AND s.rev = c.rev AND s.stage = c.stage AND s.board = c.board
+    AND s.cell = c.cell
+GROUP BY ALL
+ORDER BY c.rev, c.stage, c.board, rank NULLS LAST, c.cell;

@@ -1,0 +1,162 @@
+"""The paper's claims checked over hand-built rows (each verdict worked out by hand), and `efficientllm recommend`.
+
+    python -m pytest tests/test_report_claims.py -q
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from efficientllm import cli, records
+from efficientllm.report import claims, recommend, views
+
+SHAPE = {"attention": "gqa", "positional": "rope", "mlp": "swiglu", "family": "efficientlm", "hidden_size": 64,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 172}
+
+
+def _row(root: Path, axis: str, stage: str, cell: str, **fields) -> None:
+    row = {"axis": axis, "stage": stage, "cell": cell, "technique": cell, "status": "ok", "trial": 0,
+           "timestamp_utc": "2025-06-01T00:00:00Z", **fields}
+    records.write_row(root / stage / cell / "row.json", row)
+
+
+def _pre(root: Path, cell: str, ppl: float, amu: float | None = None, al: float | None = None,
+         aec: float | None = None, **shape) -> None:
+    _row(root, "pretrain", "pretrain", cell, quality_metric="val_ppl", quality_value=ppl, amu_bytes=amu, al_s=al,
+         aec_w=aec, n_params=230_000, extra={**SHAPE, **shape})
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("claims")
+    _pre(root, "mha", 20.0, 100, 0.20, 10.0)
+    _pre(root, "mqa", 21.0, 90, 0.15, 10.0, num_key_value_heads=1)
+    _pre(root, "gqa", 20.5, 95, 0.17, 10.0, num_key_value_heads=2)
+    _pre(root, "mla", 19.0, 110, 0.25, 11.0, attention="mla")
+    _pre(root, "nsa", 21.5, 105, 0.60, 9.9, attention="nsa")
+    _pre(root, "moe", 18.0, 140, 0.30, 12.0, mlp="moe")
+    _pre(root, "mamba2", 26.0, 80, 0.30, 10.0, family="mamba2")
+    _pre(root, "rwkv", 27.0, 85, 0.30, 10.0, family="rwkv")
+    _pre(root, "gptneox", 22.0, 95, 0.20, 10.0, family="gptneox")
+    _pre(root, "pe-absolute", 22.0, positional="absolute")
+    _pre(root, "pe-none", 25.0, positional="none")
+    _pre(root, "dw-deep", 20.5, num_hidden_layers=8, hidden_size=32)
+    _pre(root, "dw-wide", 23.0, num_hidden_layers=1, hidden_size=96)
+    for cell, loss, al, mem in (("full", 1.00, 0.30, 600.0), ("lora", 1.10, 0.25, 500.0), ("rslora", 1.00, 0.25, 500.0),
+                                ("dora", 1.05, 0.50, 520.0), ("freeze", 1.20, 0.35, 400.0)):
+        _row(root, "finetune", "finetune", f"{cell}-arith", technique=cell, dataset="arith", model="base",
+             quality_metric="eval_loss", quality_value=loss, al_s=al, peak_mem_bytes=mem, n_params=230_000)
+    _row(root, "finetune", "finetune", "lora-medical", technique="lora", dataset="medical", model="base",
+         quality_metric="eval_loss", quality_value=1.0, al_s=0.2)
+    _row(root, "finetune", "finetune", "dora-medical", technique="dora", dataset="medical", model="base",
+         quality_metric="eval_loss", quality_value=1.0, al_s=0.4)
+    _row(root, "finetune", "finetune", "freeze-medical", technique="freeze", dataset="medical", model="base",
+         status="failed", error="RuntimeError: no blocks to freeze\nTraceback ...")
+    for cell, size, score, al, aec, extra in (("bf16", 1000.0, 0.50, 0.10, 5.0, {}),
+                                             ("fp16", 1000.0, 0.50, 0.12, 6.0, {}),
+                                             ("int4", 270.0, 0.48, 0.09, 4.0, {"weight_bytes_other": 20.0})):
+        _row(root, "quantize", "quantize", f"base-{cell}", technique=cell, model="m", quality_metric="acc",
+             quality_value=score, model_size_bytes=size, al_s=al, aec_w=aec, extra={"precision": cell, **extra})
+    for cell, size, extra in (("bf16", 1000.0, {}), ("int4", 700.0, {"weight_bytes_other": 500.0})):
+        _row(root, "quantize", "quantize_sft", f"sft-{cell}", technique=cell, model="m", quality_metric="acc",
+             quality_value=0.5, model_size_bytes=size, extra={"precision": cell, **extra})
+    return root
+
+
+@pytest.fixture(scope="module")
+def results(root) -> dict[tuple[str, str | None], claims.ClaimResult]:
+    con = views.connect(str(root / "*" / "*" / "row.json"))
+    return {(r.claim_id, r.board if r.axis != "quantize" else r.stage): r for r in claims.check_claims(con)}
+
+
+@pytest.mark.parametrize(
+    ("claim", "board", "verdict", "why"),
+    [
+        # AMU 90 < gqa 95 (5.3%) and AL 0.15 < gqa 0.17 (11.8%), both beyond the 2% single-trial tolerance
+        ("mqa-memory-latency", "", claims.AGREES, "mqa has the lowest AMU; mqa has the lowest AL"),
+        ("mla-perplexity", "", claims.AGREES, "mla has the lowest perplexity"),  # 19 < mha 20
+        # AEC 9.9 vs 10.0 is 1% apart with one trial: within noise, although nsa is clearly the slowest (0.60 s)
+        ("nsa-energy-latency", "", claims.NOT_MEASURABLE,
+         "AEC within noise: they differ by 1.0% (< 2%) with a single trial, so no CI; nsa has the highest AL"),
+        ("moe-quality-memory", "", claims.AGREES, "moe has lower perplexity than mha; moe has higher AMU than mha"),
+        ("mamba-memory", "", claims.AGREES, "mamba2 has the lowest AMU"),  # 80 < rwkv 85 < gptneox 95 < mha 100
+        # mha is the rope cell (same shape as pe-*): 20 < absolute 22 < none 25; mqa / mla differ in shape
+        ("rope-perplexity", "", claims.AGREES, "rope has the lowest perplexity"),
+        # shapes 2x64 (mha) 20, 8x32 20.5 (2.5% worse), 1x96 23: two of three within 5% of the best
+        ("depth-width-flat", "", claims.AGREES, "2 of 3 shapes within 5% of the best (2x64)"),
+        # arith: freeze 0.35 s is slower than lora / rslora 0.25 s; dora 0.50 s is the slowest
+        ("freeze-fastest", "base · arith", claims.DISAGREES, "lora has a lower AL"),
+        ("dora-slowest", "base · arith", claims.AGREES, "dora has the highest AL"),
+        ("dora-slowest", "base · medical", claims.AGREES, "dora has the highest AL"),
+        # freeze-medical failed: not measurable, and the report says why
+        ("freeze-fastest", "base · medical", claims.NOT_MEASURABLE,
+         "no ok freeze cell with AL (freeze-medical failed: RuntimeError: no blocks to freeze)"),
+        # 0.23M parameters (< 14B): the paper expects LoRA at least as good; rslora 1.00 beats lora 1.10 by 9%
+        ("rslora-scale", "base · arith", claims.DISAGREES, "the paper expects lora at least as good at this size"),
+        # 1000 / 270 = 3.70x measured at a 1 - 0.48 / 0.50 = 4% drop
+        ("int4-compression", "quantize", claims.AGREES, "3.70× at a 4.0% quality drop"),
+        # 1000 / 700 = 1.43x, but 500 of the int4 model's 700 bytes (71%) are 16-bit layers
+        ("int4-compression", "quantize_sft", claims.NOT_MEASURABLE, "71% of the int4 model's bytes are layers kept"),
+        ("bf16-vs-fp16", "quantize", claims.AGREES, "bf16 has lower AL than fp16; bf16 has lower AEC than fp16"),
+    ],
+)
+def test_claim_verdicts(results, claim, board, verdict, why):
+    got = results[(claim, board)]
+    assert got.verdict == verdict, got
+    assert why in got.why, got
+
+
+def test_claims_report_their_numbers(results):
+    assert results[("mqa-memory-latency", "")].measured == (
+        "AMU: mqa 8.58e-05 MiB; best other gqa 9.06e-05 MiB (of 5) · AL: mqa 150 ms; best other gqa 170 ms (of 5)")
+    assert "bf16 9.54e-04 MiB -> int4 2.57e-04 MiB = 3.70× measured (4× nominal); acc drop 4.0%" in results[
+        ("int4-compression", "quantize")].measured
+
+
+def test_every_claim_has_one_result_even_without_rows(tmp_path):
+    con = views.connect([])
+    got = claims.check_claims(con)
+    assert [r.claim_id for r in got] == [c.id for c in claims.CLAIMS]
+    assert all(r.verdict == claims.NOT_MEASURABLE and "no ok cells for it" in r.why for r in got)
+
+
+# --- recommend --------------------------------------------------------------------------------------------------
+
+
+def test_recommend_picks_the_pareto_optimal_cells_that_fit(root):
+    con = views.connect(str(root / "*" / "*" / "row.json"))
+    c = recommend.Constraints(axis="finetune", max_latency_s=0.3, max_quality_drop=0.05)
+    (arith, medical) = recommend.recommend(con, c)
+    # arith, baseline full 1.00: lora drops 10% (> 5%), dora 0.50 s and freeze 0.35 s are too slow;
+    # full and rslora fit; rslora (1.00, 500 B, 0.25 s) is as good as full (1.00, 600 B, 0.30 s) and better twice
+    assert [x["cell"] for x in arith.chosen] == ["rslora-arith"]
+    assert [(x["cell"], x["dominated_by"]) for x in arith.dominated] == [("full-arith", ["rslora-arith"])]
+    assert {x["cell"]: x["reason"] for x in arith.rejected} == {
+        "lora-arith": "quality drop 10.0% > 5.0%",
+        "dora-arith": "AL 500 ms > 300 ms",
+        "freeze-arith": "AL 350 ms > 300 ms; quality drop 20.0% > 5.0%",
+    }
+    assert arith.chosen[0]["objectives"] == ["quality", "peak_mem_bytes", "al_s"]  # no energy measured
+    # medical has no `full` baseline: a quality-drop limit cannot be checked, so nothing is recommended
+    assert medical.chosen == [] and {x["cell"]: x["reason"] for x in medical.rejected} == {
+        "lora-medical": "no quality or baseline quality to compare",
+        "dora-medical": "AL 400 ms > 300 ms; no quality or baseline quality to compare",
+    }
+    text = recommend.render([arith], c)
+    assert "| rslora-arith | 1 | 1.00 eval_loss | +0.0% | 4.77e-04 | 250 |" in text  # 500 B in MiB; 0.25 s in ms
+    assert "- full-arith: meets the constraints, but rslora-arith is as good or better on every objective" in text
+
+
+def test_recommend_cli_json_and_bad_limits(root, capsys):
+    code = cli.main(["recommend", "--rows", str(root / "*" / "*" / "row.json"), "--axis", "quantize",
+                     "--max-memory-bytes", "500", "--format", "json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    boards = {b["stage"]: b for b in json.loads(out)}
+    # these rows carry model sizes but no peak memory, so a memory limit rules every cell out, saying why
+    assert {x["reason"] for x in boards["quantize"]["rejected"]} == {"no peak memory measured"}
+    assert cli.main(["recommend", "--rows", str(root / "*" / "*" / "row.json"), "--max-latency-s", "-1"]) == 2
+    assert "max_latency_s must be >= 0" in capsys.readouterr().err
