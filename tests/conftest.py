@@ -16,8 +16,8 @@ BIN = Path(sys.executable).parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Never copied: environments, caches and pipeline outputs.
-_SKIP = {".venv", ".git", ".cache", ".prefect", ".pytest_cache", ".ruff_cache", "data/prepared", "models", "results",
-         "reports", "tmp"}
+_SKIP = {".venv", ".git", ".cache", ".prefect", ".pytest_cache", ".ruff_cache", "data/prepared", "data/sft", "models",
+         "data/cloze", "results", "reports", "tmp"}
 
 # A params profile small enough for a test: the same stages and cells, tiny shapes.
 TINY_OVERRIDES = {
@@ -26,6 +26,20 @@ TINY_OVERRIDES = {
               "num_key_value_heads": 2},
     "pretrain": {"batch_size": 4, "steps": 6, "lr_warmup_steps": 2, "measure_warmup_steps": 2, "eval_batches": 2},
     "measure": {"peak_calibration_n": 128},
+    # fine-tuning: one cell (lora on arith), a few steps; sft.max_seq_len stays 128 (RoPE base, any position)
+    "matrix": {"finetune_methods": ["lora"], "finetune_datasets": ["arith"],
+               "quantize": ["bf16", "int4"], "quantize_sft": ["bf16"]},  # the bf16 reference + one bitsandbytes cell
+    "sft": {"datasets": {"arith": {"source": "arith", "n_examples": 48}}, "max_eval_examples": 8},
+    "finetune": {"steps": 3, "measure_warmup_steps": 1, "eval_examples": 4, "gen_eval_examples": 2,
+                 "max_new_tokens": 8},
+    # quantization: a tiny workload, few eval documents; prompt 8 + 4 new tokens fit the 32 positions
+    "quantize": {"batch_size": 2, "prompt_len": 8, "max_new_tokens": 4, "min_runs": 2, "min_duration_s": 0.0,
+                 "ppl_blocks": 4, "memory_budget_mib": 1.0},
+    "eval": {"limit": 8, "batch_size": 8,
+             # the arithmetic task generates up to 64 tokens, more than the tiny base's 32 positions
+             "tasks": {"quantize": ["efficientllm_cloze"], "quantize_sft": ["efficientllm_cloze"],
+                       "quantize_hub": ["efficientllm_cloze"]}},
+    "cloze": {"context_words": 12, "continuation_words": 2, "max_choice_chars": 16},  # byte-level: ~1 token / char
 }
 
 

@@ -1,0 +1,551 @@
+"""Inference measurement: a fixed greedy workload, timed per token, then measured with the trackers, separately.
+
+What one quantize cell measures, and why it is done this way:
+
+- **Workload**: `batch_size` prompts of `prompt_len` tokens (the first tokens of held-out blocks, the same for every
+  precision), `max_new_tokens` generated greedily with `min_new_tokens` equal to it, so every request generates
+  exactly the same number of tokens whatever the model predicts (EOS cannot end a request early).
+- **Per-token times**: `TokenClock` is a logits processor; `generate` calls it once per generated token, right
+  after the forward that produced that token's logits. It synchronises the device and stamps the time. The first
+  stamp minus the request start is the time to first token (TTFT: prefill forward + first logits); each later
+  stamp minus the previous one is one decode step. TPOT is the median decode step, never (end-to-end - prefill) /
+  tokens, which would hide the distribution and fold the tail of generate into the steps.
+- **Passes**: warm-up requests (same shapes, full length) run before each pass. The latency pass runs with no
+  tracker threads at all; then a second pass runs inside a `MeasurementWindow` (AMU, PCU, peak memory, energy,
+  AEC, tokens per joule). Each pass repeats requests until both `min_runs` and `min_duration_s` are reached.
+- **Memory budget**: KV-cache bytes per token (from the config, at the activation dtype) and the measured weight
+  bytes give the largest batch whose weights + KV cache fit `memory_budget_bytes`; one request at that batch
+  checks it, measuring the peak (allocator peak on CUDA; weight bytes + RSS growth on the CPU).
+
+Raw samples (per request: end-to-end, TTFT and every decode step) are kept (`LatencyResult.samples_record`).
+
+    python -m stages.quantize --stage quantize --precision int4 --model base --model-dir models/pretrain/mha
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import LogitsProcessor
+
+from efficientllm.measure import MeasurementWindow, RssPeak, summarize, synchronize
+from efficientllm.measure.timing import Clock
+
+# ----------------------------------------------------------------------------- workload
+
+
+def held_out_prompts(val_blocks: np.ndarray, batch_size: int, prompt_len: int) -> torch.Tensor:
+    """(batch_size, prompt_len) int64 prompts: the first prompt_len tokens of the first batch_size held-out blocks.
+
+    Blocks are reused cyclically when batch_size exceeds their number. Raises ValueError when prompt_len is longer
+    than a block or there are no blocks.
+    """
+    if len(val_blocks) == 0:
+        raise ValueError("no held-out blocks to draw prompts from")
+    block_len = int(val_blocks.shape[1])
+    if prompt_len > block_len:
+        raise ValueError(f"prompt_len={prompt_len} exceeds the corpus block_len={block_len}")
+    idx = np.arange(batch_size) % len(val_blocks)
+    return torch.from_numpy(np.asarray(val_blocks[idx, :prompt_len]).astype(np.int64))
+
+
+def greedy_kwargs(model: nn.Module, max_new_tokens: int) -> dict[str, Any]:
+    """generate() arguments of the fixed workload: greedy, exactly max_new_tokens new tokens, cache on."""
+    from transformers import GenerationConfig
+
+    cfg = model.config
+    pad = cfg.pad_token_id if getattr(cfg, "pad_token_id", None) is not None else getattr(cfg, "eos_token_id", None)
+    gen = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                           use_cache=True, pad_token_id=pad, eos_token_id=getattr(cfg, "eos_token_id", None))
+    return {"generation_config": gen}
+
+
+class TokenClock(LogitsProcessor):
+    """A logits processor that stamps a device-synchronised time each time `generate` asks for the next token.
+
+    It returns the scores unchanged. `start()` marks the start of a request; after it, `stamps` holds one time per
+    generated token, so `len(stamps) == max_new_tokens` for a request that generated max_new_tokens tokens.
+    """
+
+    def __init__(self, sync: Callable[[], None] | None = None, clock: Clock = time.perf_counter) -> None:
+        self.sync = sync
+        self.clock = clock
+        self.t0: float | None = None
+        self.stamps: list[float] = []
+
+    def start(self) -> None:
+        if self.sync is not None:
+            self.sync()
+        self.stamps = []
+        self.t0 = self.clock()
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.sync is not None:
+            self.sync()  # the forward that produced these logits has finished
+        self.stamps.append(self.clock())
+        return scores
+
+    def timing(self, end: float) -> RequestTiming:
+        """The request's TTFT, decode steps and end-to-end time, given the time generate returned."""
+        if self.t0 is None or not self.stamps:
+            raise RuntimeError("TokenClock saw no token: was it passed to generate() as a logits processor?")
+        steps = [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+        return RequestTiming(e2e_s=end - self.t0, ttft_s=self.stamps[0] - self.t0, decode_s=steps)
+
+
+@dataclass
+class RequestTiming:
+    e2e_s: float
+    """generate() call to return, device synchronised."""
+    ttft_s: float
+    """Request start to the first token's logits (prefill)."""
+    decode_s: list[float]
+    """One entry per decode step: max_new_tokens - 1 of them."""
+
+
+def timed_generate(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, device: torch.device,
+                   clock: TokenClock | None = None) -> tuple[RequestTiming, torch.Tensor]:
+    """One greedy request, timed per token; returns its timing and the generated ids (B, prompt_len + new)."""
+    from transformers import LogitsProcessorList
+
+    clock = clock or TokenClock(sync=lambda: synchronize(device))
+    prompts = prompts.to(device)
+    mask = torch.ones_like(prompts)
+    with torch.inference_mode():
+        clock.start()
+        out = model.generate(input_ids=prompts, attention_mask=mask, logits_processor=LogitsProcessorList([clock]),
+                             **greedy_kwargs(model, max_new_tokens))
+        synchronize(device)
+        end = clock.clock()
+    timing = clock.timing(end)
+    generated = out.shape[1] - prompts.shape[1]
+    if generated != max_new_tokens or len(clock.stamps) != max_new_tokens:
+        raise RuntimeError(f"generate produced {generated} tokens ({len(clock.stamps)} stamps), "
+                           f"expected exactly max_new_tokens={max_new_tokens}")
+    return timing, out
+
+
+# ----------------------------------------------------------------------------- passes
+
+
+@dataclass
+class LatencyResult:
+    requests: list[RequestTiming]
+    batch_size: int
+    prompt_len: int
+    max_new_tokens: int
+    warmup_runs: int
+    window_s: float
+    """Sum of the requests' end-to-end times."""
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.requests) * self.batch_size * self.max_new_tokens
+
+    def columns(self) -> dict[str, Any]:
+        """Row columns: request latency (AL, percentiles, raw samples), TTFT, TPOT, IT and tokens / s."""
+        e2e = [r.e2e_s for r in self.requests]
+        lat = summarize(e2e)
+        ttft = summarize([r.ttft_s for r in self.requests])
+        steps = summarize([s for r in self.requests for s in r.decode_s])
+        processed = len(self.requests) * self.batch_size * (self.prompt_len + self.max_new_tokens)
+        return {
+            "al_s": lat["mean"],
+            "latency_s_mean": lat["mean"],
+            "latency_s_std": lat["std"],
+            "latency_s_p50": lat["p50"],
+            "latency_s_p90": lat["p90"],
+            "latency_s_p99": lat["p99"],
+            "latency_samples_s": e2e,
+            "ttft_s_p50": ttft["p50"],
+            "tpot_s_p50": steps["p50"],
+            "it_tokens_per_s": _ratio(self.generated_tokens, self.window_s),
+            "tokens_per_s": _ratio(processed, self.window_s),
+            "steps": len(self.requests),
+            "warmup_steps": self.warmup_runs,
+        }
+
+    def extra(self) -> dict[str, Any]:
+        ttft = summarize([r.ttft_s for r in self.requests])
+        steps = summarize([s for r in self.requests for s in r.decode_s])
+        return {
+            "ttft_s_p90": ttft["p90"], "ttft_s_p99": ttft["p99"],
+            "tpot_s_p90": steps["p90"], "tpot_s_p99": steps["p99"], "tpot_s_mean": steps["mean"],
+            "decode_steps": steps["n"],
+            "decode_tokens_per_s": _ratio(self.batch_size, steps["p50"]),
+            "prefill_tokens_per_s": _ratio(self.batch_size * self.prompt_len, ttft["p50"]),
+            "latency_window_s": self.window_s,
+        }
+
+    def samples_record(self) -> dict[str, Any]:
+        """Every raw sample, for the cell's samples file."""
+        return {
+            "batch_size": self.batch_size, "prompt_len": self.prompt_len, "max_new_tokens": self.max_new_tokens,
+            "warmup_runs": self.warmup_runs,
+            "requests": [{"e2e_s": r.e2e_s, "ttft_s": r.ttft_s, "decode_s": r.decode_s} for r in self.requests],
+        }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b:
+        return None
+    v = a / b
+    return v if math.isfinite(v) else None
+
+
+def _repeat(run: Callable[[], float], *, min_runs: int, min_duration_s: float, max_runs: int) -> int:
+    """Call `run` (returns its seconds) until min_runs and min_duration_s are both reached, at most max_runs times."""
+    n, total = 0, 0.0
+    while n < max_runs and (n < min_runs or total < min_duration_s):
+        total += run()
+        n += 1
+    return n
+
+
+def latency_pass(model: nn.Module, prompts: torch.Tensor, *, max_new_tokens: int, device: torch.device,
+                 warmup_runs: int, min_runs: int, min_duration_s: float, max_runs: int) -> LatencyResult:
+    """Warm-up, then timed requests with no trackers running, until min_runs and min_duration_s are both met."""
+    for _ in range(warmup_runs):
+        timed_generate(model, prompts, max_new_tokens, device)
+    requests: list[RequestTiming] = []
+
+    def one() -> float:
+        timing, _ = timed_generate(model, prompts, max_new_tokens, device)
+        requests.append(timing)
+        return timing.e2e_s
+
+    _repeat(one, min_runs=min_runs, min_duration_s=min_duration_s, max_runs=max_runs)
+    return LatencyResult(requests, int(prompts.shape[0]), int(prompts.shape[1]), max_new_tokens, warmup_runs,
+                         window_s=math.fsum(r.e2e_s for r in requests))
+
+
+def _plain_generate(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int) -> None:
+    with torch.inference_mode():
+        model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts),
+                       **greedy_kwargs(model, max_new_tokens))
+
+
+def tracker_pass(model: nn.Module, prompts: torch.Tensor, *, max_new_tokens: int, device: torch.device,
+                 warmup_runs: int, min_runs: int, min_duration_s: float, max_runs: int,
+                 sample_interval_s: float, watts_per_core: float | None) -> dict[str, Any]:
+    """The same requests (no per-token clock) inside a MeasurementWindow: AMU, PCU, peak memory, energy, AEC.
+
+    Returns the window's row columns plus `requests`, `generated_tokens` and `tokens_per_j`.
+    """
+    prompts = prompts.to(device)
+    for _ in range(warmup_runs):
+        _plain_generate(model, prompts, max_new_tokens)
+
+    def one() -> float:
+        t0 = time.perf_counter()
+        _plain_generate(model, prompts, max_new_tokens)
+        synchronize(device)
+        return time.perf_counter() - t0
+
+    window = MeasurementWindow(device, interval_s=sample_interval_s, watts_per_core=watts_per_core)
+    with window:
+        n = _repeat(one, min_runs=min_runs, min_duration_s=min_duration_s, max_runs=max_runs)
+    generated = n * int(prompts.shape[0]) * max_new_tokens
+    return {**window.result, "requests": n, "generated_tokens": generated,
+            "tokens_per_j": _ratio(generated, window.result.get("energy_j"))}
+
+
+# ----------------------------------------------------------------------------- KV cache and the memory budget
+
+
+def kv_cache_bytes_per_token(config: Any, bytes_per_element: float) -> float:
+    """KV-cache bytes per token of context per sequence, all layers, at `bytes_per_element`.
+
+    Our EfficientLM configs ask their attention class (MLA caches its latent, not K and V); any other transformers
+    decoder config uses 2 (K and V) x layers x KV heads x head_dim.
+    """
+    from efficientllm.models import EfficientLMConfig
+    from efficientllm.models.accounting import kv_cache_bytes_per_token as efficientlm_kv
+
+    if isinstance(config, EfficientLMConfig):
+        return float(efficientlm_kv(config, bytes_per_element))
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return float(2 * config.num_hidden_layers * kv_heads * head_dim * bytes_per_element)
+
+
+def max_batch_in_budget(budget_bytes: float, weight_bytes: float, kv_bytes_per_token: float,
+                        tokens_per_sequence: int) -> int:
+    """Largest batch whose weights + KV cache (tokens_per_sequence tokens each) fit budget_bytes; 0 if none.
+
+    Activations and the allocator's slack are not in this figure; `check_batch` measures them.
+    """
+    per_sequence = kv_bytes_per_token * tokens_per_sequence
+    if per_sequence <= 0:
+        raise ValueError(f"KV-cache bytes per sequence must be positive, got {per_sequence}")
+    return max(0, math.floor((budget_bytes - weight_bytes) / per_sequence))
+
+
+def check_batch(model: nn.Module, prompts: torch.Tensor, *, max_new_tokens: int, device: torch.device,
+                weight_bytes: float, budget_bytes: float) -> dict[str, Any]:
+    """One request at the computed batch: its measured peak (weights included) and whether it fits the budget.
+
+    CUDA: torch's allocator peak over the request (weights, KV cache, activations). CPU: the weight bytes plus the
+    growth of the process's resident set over the request (the RSS high-water mark), so the runtime's own memory
+    is left out; labelled `rss` (None where the kernel does not let us reset the high-water mark). Running out of
+    memory is an answer, not a failure of the cell: fits is False and the error is kept.
+    """
+    prompts = prompts.to(device)
+    synchronize(device)
+    t0 = time.perf_counter()
+    peak, source, error = None, None, None
+    try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            _plain_generate(model, prompts, max_new_tokens)
+            synchronize(device)
+            peak, source = float(torch.cuda.max_memory_allocated(device)), "torch"
+        else:
+            from efficientllm.measure.memory import RssSensor
+
+            before = RssSensor().read()
+            tracker = RssPeak()
+            with tracker:
+                _plain_generate(model, prompts, max_new_tokens)
+            if tracker.peak_bytes is not None and before is not None:
+                peak, source = weight_bytes + max(0.0, tracker.peak_bytes - before[0]), "rss"
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        error = f"{type(e).__name__}: {str(e)[:300]}"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    fits = False if error is not None else (None if peak is None else bool(peak <= budget_bytes))
+    return {
+        "max_batch_check_s": time.perf_counter() - t0,
+        "max_batch_peak_bytes": peak,
+        "max_batch_peak_source": source,
+        "max_batch_fits": fits,
+        "max_batch_error": error,
+    }
+
+
+def prompts_for_batch(prompts: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The workload's prompts repeated (cyclically) to batch_size rows."""
+    idx = torch.arange(batch_size) % prompts.shape[0]
+    return prompts[idx]
+
+
+@dataclass
+class MemoryBudget:
+    budget_bytes: float
+    weight_bytes: float
+    kv_bytes_per_token: float
+    tokens_per_sequence: int
+    check: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_batch(self) -> int:
+        return max_batch_in_budget(self.budget_bytes, self.weight_bytes, self.kv_bytes_per_token,
+                                   self.tokens_per_sequence)
+
+    def extra(self) -> dict[str, Any]:
+        return {"memory_budget_bytes": self.budget_bytes, "max_batch": self.max_batch, **self.check}
+
+
+def memory_budget(model: nn.Module, prompts: torch.Tensor, *, max_new_tokens: int, device: torch.device,
+                  weight_bytes: float, kv_bytes_per_token: float, budget_bytes: float) -> MemoryBudget:
+    """The largest batch in the budget, computed, then checked by one request at it (skipped when it is 0)."""
+    mb = MemoryBudget(budget_bytes, weight_bytes, kv_bytes_per_token, int(prompts.shape[1]) + max_new_tokens)
+    if mb.max_batch > 0:
+        mb.check = check_batch(model, prompts_for_batch(prompts, mb.max_batch), max_new_tokens=max_new_tokens,
+                               device=device, weight_bytes=weight_bytes, budget_bytes=budget_bytes)
+    return mb
+
+
+# ----------------------------------------------------------------------------- one quantize cell
+
+
+@dataclass
+class CellOutcome:
+    row: dict[str, Any]
+    """Row-schema fields of the cell (MCR and the quality gate are filled in by the `quantize` SQL view)."""
+    samples: dict[str, Any]
+    """Raw per-request and per-token samples of the latency pass (the cell's samples file)."""
+
+
+def held_out_blocks(tokenizer: Any, val_docs: list[str], block_len: int) -> np.ndarray:
+    """The held-out documents encoded with the model's own tokenizer and packed into blocks of block_len tokens.
+
+    For a model trained on the prepared corpus (same tokenizer, block_len = the corpus's) these are exactly the
+    blocks of val.npy; a hub model gets the same text in its own tokens.
+    """
+    from efficientllm.data import encode_documents, pack_blocks
+
+    blocks = pack_blocks(encode_documents(tokenizer, val_docs), block_len, vocab_size=max(len(tokenizer), 1))
+    if len(blocks) == 0:
+        raise ValueError(f"the held-out documents give no block of {block_len} tokens")
+    return blocks
+
+
+def check_workload(cfg: Any, max_position_embeddings: int | None) -> None:
+    """Raise ConfigError when prompt + generated tokens do not fit the model's positions."""
+    from efficientllm.config import ConfigError
+
+    total = cfg.prompt_len + cfg.max_new_tokens
+    if max_position_embeddings is not None and total > max_position_embeddings:
+        raise ConfigError(f"[quantize] prompt_len + max_new_tokens = {total} exceeds the model's "
+                          f"max_position_embeddings={max_position_embeddings}")
+
+
+def quantize_cell(*, stage: str, cell: str, precision: str, model_ref: str | Path, model_name: str,
+                  revision: str | None, cfg: Any, eval_cfg: Any, tasks: list[str], measure: Any,
+                  data_dir: Path) -> CellOutcome:
+    """Load `model_ref` at `precision` and measure it: latency pass, tracker pass, memory budget, perplexity, tasks.
+
+    cfg is the QuantizeConfig, eval_cfg the EvalConfig, measure the MeasureConfig. Raises PrecisionUnsupported when
+    the device cannot run the precision (the stage writes a `skipped` row), anything else when the cell fails.
+    """
+    from transformers import AutoTokenizer
+
+    from efficientllm.data import load_stats
+    from efficientllm.data.cloze import read_documents
+    from efficientllm.evaluation import perplexity, run_tasks
+    from efficientllm.measure import device_name, num_threads, resolve_device
+    from efficientllm.measure.memory import RssSensor
+    from efficientllm.measure.provenance import package_version, provenance
+    from efficientllm.models.accounting import count_parameters
+    from efficientllm.techniques.quantization import (
+        PRECISIONS,
+        REFERENCE_PRECISION,
+        logical_param_count,
+        nominal_weight_bytes,
+        weight_bytes,
+    )
+
+    t_cell = time.perf_counter()
+    phases: dict[str, float] = {}
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    device = resolve_device(cfg.device)
+    data_dir = Path(data_dir)
+    # Held-out blocks as long as the corpus's (a pipeline model's context), or as the prompt when that is longer
+    # (a hub model's workload): perplexity runs on them, the prompts are their first prompt_len tokens.
+    block_len = max(int(load_stats(data_dir)["block_len"]), cfg.prompt_len)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_ref), revision=revision)
+    blocks = held_out_blocks(tokenizer, read_documents(data_dir / "val_docs.jsonl"), block_len)
+    prompts = held_out_prompts(blocks, cfg.batch_size, cfg.prompt_len)
+
+    torch.manual_seed(cfg.seed)
+    rss = RssSensor()
+    rss_before = rss.read()
+    loaded = PRECISIONS[precision](model_ref, device, cfg, revision=revision)
+    rss_after = rss.read()
+    model = loaded.model
+    check_workload(cfg, getattr(model.config, "max_position_embeddings", None))
+    bytes_after_load = weight_bytes(model)
+    footprint = model.get_memory_footprint() if hasattr(model, "get_memory_footprint") else None
+    n_params = logical_param_count(model)
+    counts = count_parameters(model)
+    n_active = n_params - (counts["total"] - counts["active"])
+    phases["load_s"] = loaded.load_s
+
+    workload = {"max_new_tokens": cfg.max_new_tokens, "device": device, "warmup_runs": cfg.warmup_runs,
+                "min_runs": cfg.min_runs, "min_duration_s": cfg.min_duration_s, "max_runs": cfg.max_runs}
+    t0 = time.perf_counter()
+    latency = latency_pass(model, prompts, **workload)
+    phases["latency_pass_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tracked = tracker_pass(model, prompts, **workload, sample_interval_s=measure.sample_interval_s,
+                           watts_per_core=measure.cpu_watts_per_core)
+    phases["tracker_pass_s"] = time.perf_counter() - t0
+
+    held = weight_bytes(model)  # after the passes: in the layout the kernels use (bnb repacks 4-bit on CPU)
+    elem = torch.finfo(loaded.activation_dtype).bits / 8
+    kv_bytes = kv_cache_bytes_per_token(model.config, elem)
+    t0 = time.perf_counter()
+    budget = memory_budget(model, prompts, max_new_tokens=cfg.max_new_tokens, device=device,
+                           weight_bytes=held["total"], kv_bytes_per_token=kv_bytes,
+                           budget_bytes=cfg.memory_budget_mib * 2**20)
+    phases["memory_budget_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ppl = perplexity(model, blocks, n_blocks=cfg.ppl_blocks, batch_size=cfg.ppl_batch_size, device=device)
+    phases["perplexity_s"] = time.perf_counter() - t0
+    scores = run_tasks(model, tokenizer, tasks=tasks, metrics=eval_cfg.metrics, tasks_dir=eval_cfg.tasks_dir,
+                       device=device, batch_size=eval_cfg.batch_size, limit=eval_cfg.limit,
+                       num_fewshot=eval_cfg.num_fewshot, data_files=eval_cfg.data_files,
+                       apply_chat_template=eval_cfg.apply_chat_template, seed=cfg.seed)
+    phases["tasks_s"] = scores.eval_s
+
+    window = {k: tracked[k] for k in tracked if k not in ("requests", "generated_tokens", "tokens_per_j")}
+    reference = precision == REFERENCE_PRECISION
+    row = {
+        "run_id": uuid.uuid4().hex,
+        "axis": "quantize",
+        "stage": stage,
+        "cell": cell,
+        "technique": precision,
+        "model": model_name,
+        "dataset": load_stats(data_dir).get("source"),
+        "status": "ok",
+        "trial": 0,
+        "device": str(device),
+        "device_name": device_name(device),
+        "device_count": 1,
+        "num_threads": num_threads(),
+        "dtype": loaded.dtype,
+        "batch_size": cfg.batch_size,
+        "seq_len": cfg.prompt_len,
+        "seed": cfg.seed,
+        "n_params": n_params,
+        "n_active_params": n_active,
+        "n_trainable_params": 0,
+        **latency.columns(),
+        **window,
+        "tokens_per_j": tracked["tokens_per_j"],
+        "kv_cache_bytes_per_token": kv_bytes,
+        "model_size_bytes": held["total"],
+        # MCR needs the bf16 cell's row: the `quantize` SQL view computes it for every cell; the reference is 1.
+        "mcr_nominal": 1.0 if reference else None,
+        "mcr_measured": 1.0 if reference else None,
+        "quality_metric": scores.quality_metric(eval_cfg.metrics),
+        "quality_value": scores.quality_value,
+        "eval_loss": ppl["eval_loss"],
+        "duration_s": time.perf_counter() - t_cell,
+        "extra": {
+            "precision": precision,
+            "reference_precision": REFERENCE_PRECISION,
+            "quality_gate_ratio": cfg.quality_gate_ratio,
+            "nominal_bits": loaded.nominal_bits,
+            "nominal_weight_bytes": nominal_weight_bytes(n_params, loaded.nominal_bits),
+            "weight_bytes_quantized": held["quantized"],
+            "weight_bytes_other": held["other"],
+            "weight_bytes_after_load": bytes_after_load["total"],
+            "get_memory_footprint_bytes": footprint,
+            "activation_dtype": str(loaded.activation_dtype).removeprefix("torch."),
+            **{f"quant_{k}": v for k, v in loaded.details.items()},
+            "load_s": loaded.load_s,
+            "rss_after_load_bytes": rss_after[0] if rss_after else None,
+            "rss_load_growth_bytes": rss_after[0] - rss_before[0] if rss_after and rss_before else None,
+            "model_source": str(model_ref),
+            "model_revision": revision,
+            **latency.extra(),
+            "tracker_pass_requests": tracked["requests"],
+            "tracker_pass_generated_tokens": tracked["generated_tokens"],
+            **budget.extra(),
+            **ppl,
+            "task_scores": scores.primary,
+            "task_metrics": scores.all_metrics,
+            "task_docs": scores.n_docs,
+            "eval": scores.settings,
+            "bitsandbytes_version": package_version("bitsandbytes"),
+            "lm_eval_version": scores.settings.get("lm_eval_version"),
+            "phase_s": phases,
+        },
+        **provenance(),
+    }
+    return CellOutcome(row=row, samples=latency.samples_record())

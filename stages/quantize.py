@@ -1,0 +1,124 @@
+"""DVC stages `quantize@<precision>`, `quantize_sft@<precision>`, `quantize_hub@<model>-<precision>`: one model
+at one precision, measured.
+
+Loads the model at the precision (efficientllm.techniques.quantization.PRECISIONS), runs the fixed greedy workload
+(latency pass, then the tracker pass), checks the largest batch in the memory budget, and scores held-out
+perplexity and the stage's lm-eval tasks (params `eval.tasks.<stage>`). Outputs (declared in dvc.yaml):
+results/quantize/<model>-<precision>/row.json and samples.json (every request's end-to-end time, TTFT and decode
+steps); all three stages write under results/quantize/, so the report depends on one folder.
+MCR and the quality gate compare against the bf16 cell of the same stage and model: the `quantize` SQL view of
+the report computes them (a cell cannot depend on a sibling cell of its own DVC matrix).
+
+Bad params (unknown precision or hub model, a task with no data file) exit 2 and write nothing. A precision the
+device cannot run is a `status='skipped'` row with the reason; a cell that fails while running is a
+`status='failed'` row; both exit 0. An I/O error exits 1 and writes nothing (retryable).
+
+    python -m stages.quantize --stage quantize --precision int4 --model base --model-dir models/pretrain/mha
+    python -m stages.quantize --stage quantize_hub --precision int4 --hub-model qwen2p5-7b   # needs network
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from stages import PARAMS_FILE, run
+from stages.cells import failed_row
+
+DATA_DIR = Path("data/prepared")
+RESULTS_DIR = Path("results/quantize")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="stages.quantize", description=__doc__)
+    ap.add_argument("--stage", required=True, help="the DVC stage name: quantize | quantize_sft | quantize_hub")
+    ap.add_argument("--precision", required=True, help="precision slug (matrix.quantize)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-dir", help="a save_pretrained directory made by an earlier stage (with --model)")
+    src.add_argument("--hub-model", help="a slug of quantize_hub.models (hub id + revision)")
+    ap.add_argument("--model", help="slug of the --model-dir model in cell names: base | sft")
+    ap.add_argument("--params", default=PARAMS_FILE)
+    args = ap.parse_args(argv)
+
+    from efficientllm.config import SLUG_RE, ConfigError, load_section, read_params
+
+    params = read_params(args.params)
+    # hub cells have a section of their own (same keys + models): a paper-scale workload there never re-runs or
+    # breaks the pipeline's own quantize cells
+    cfg = load_section(args.params, "quantize_hub" if args.hub_model is not None else "quantize", params)
+    eval_cfg = load_section(args.params, "eval", params)
+    measure = load_section(args.params, "measure", params)
+    if args.stage not in eval_cfg.tasks:
+        raise ConfigError(f"[eval] tasks: no task list for stage {args.stage!r} (have: {', '.join(eval_cfg.tasks)})")
+    tasks = list(eval_cfg.tasks[args.stage])
+
+    from efficientllm.techniques.quantization import PRECISIONS, PrecisionUnsupported
+
+    if args.precision not in PRECISIONS:
+        raise ConfigError(f"[matrix] quantize: unknown precision {args.precision!r} (known: {', '.join(PRECISIONS)})")
+    if args.hub_model is not None:
+        if args.hub_model not in cfg.models:
+            raise ConfigError(f"[quantize_hub] models: unknown model {args.hub_model!r} "
+                              f"(defined: {', '.join(cfg.models) or 'none'})")
+        spec = cfg.models[args.hub_model]
+        model_ref, revision, model_name = spec["id"], spec.get("revision"), spec["id"]
+        cell = f"{args.hub_model}-{args.precision}"
+        if revision is None:
+            print(f"warning: quantize_hub.models.{args.hub_model} has no pinned revision; the row records null")
+    else:
+        if not args.model or not SLUG_RE.match(args.model):
+            raise ConfigError(f"--model-dir needs --model <slug> (lowercase letters, digits, - _), got {args.model!r}")
+        model_ref, revision, cell = Path(args.model_dir), None, f"{args.model}-{args.precision}"
+        model_name = model_ref.as_posix().removeprefix("models/")
+        if not model_ref.is_dir():
+            raise FileNotFoundError(f"model directory missing: {model_ref} (run its DVC stage first)")
+    for path in (DATA_DIR / "val_docs.jsonl", DATA_DIR / "stats.json"):
+        if not path.exists():
+            raise FileNotFoundError(f"prepared corpus missing: {path} (run `dvc repro prepare`)")
+
+    from efficientllm.evaluation import task_configs
+    from efficientllm.inference import check_workload, quantize_cell
+    from efficientllm.records import atomic_write_text, write_row
+
+    # Bad params fail here, before anything is written: a missing task data file, a workload that does not fit.
+    task_configs(tasks, eval_cfg.tasks_dir, eval_cfg.data_files)
+    local_config = Path(model_ref) / "config.json" if args.hub_model is None else None
+    max_pos = None
+    if local_config is not None and local_config.is_file():
+        max_pos = json.loads(local_config.read_text()).get("max_position_embeddings")
+    check_workload(cfg, max_pos)
+    result_dir = RESULTS_DIR / cell
+    label = f"{args.stage}@{cell if args.hub_model is not None else args.precision}"  # the DVC stage name
+    try:
+        outcome = quantize_cell(stage=args.stage, cell=cell, precision=args.precision, model_ref=model_ref,
+                                model_name=model_name, revision=revision, cfg=cfg, eval_cfg=eval_cfg, tasks=tasks,
+                                measure=measure, data_dir=DATA_DIR)
+    except OSError:
+        raise
+    except Exception as e:  # skipped (the device cannot run it) or failed: recorded as data either way
+        status = "skipped" if isinstance(e, PrecisionUnsupported) else "failed"
+        row = failed_row(e, axis="quantize", stage=args.stage, cell=cell, status=status, technique=args.precision,
+                         model=model_name, seed=cfg.seed, batch_size=cfg.batch_size, seq_len=cfg.prompt_len,
+                         extra={"precision": args.precision, "model_source": str(model_ref),
+                                "model_revision": revision, "quality_gate_ratio": cfg.quality_gate_ratio})
+        atomic_write_text(result_dir / "samples.json", json.dumps({"status": status, "requests": []}) + "\n")
+        write_row(result_dir / "row.json", row)
+        print(f"{label}: {status.upper()}: {row['error'].splitlines()[0]}")
+        return 0
+    atomic_write_text(result_dir / "samples.json", json.dumps(outcome.samples) + "\n")
+    write_row(result_dir / "row.json", outcome.row)
+    r = outcome.row
+    print(f"{label}: {r['quality_metric']}={_fmt(r['quality_value'])} "
+          f"val_ppl={_fmt(r['extra']['val_ppl'])} weight_bytes={r['model_size_bytes']:.0f} "
+          f"ttft_p50={_fmt(r['ttft_s_p50'])}s tpot_p50={_fmt(r['tpot_s_p50'])}s it={_fmt(r['it_tokens_per_s'])} tok/s "
+          f"energy_j={_fmt(r['energy_j'])} ({r['energy_source']}) in {r['duration_s']:.1f}s")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+if __name__ == "__main__":
+    run(main)
