@@ -56,6 +56,6 @@ def test_dvc_repro_produces_rows_report_and_noop(tiny_repo):
 
     # The rows through the SQL command.
     p = run([str(BIN / "efficientllm"), "sql", "--format", "json",
-             "SELECT cell, status, quality_value FROM rows"], repo)
+             "SELECT cell, status, quality_value FROM rows WHERE axis = 'pretrain'"], repo)
     rows = json.loads(p.stdout)
     assert rows == [{"cell": "mha", "status": "ok", "quality_value": row["quality_value"]}]

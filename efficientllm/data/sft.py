@@ -1,0 +1,594 @@
+"""Supervised fine-tuning data: sources, validation, the train / eval split, formatting and the response-only mask.
+
+Every SFT source returns records in one normalised form, the OpenO1 form, so the fine-tuning loop and the
+quantization axis's task see one shape whatever the source:
+
+    {"id": str, "instruction": str, "output": "<Thought>\\n...\\n</Thought>\\n<Output>\\n...\\n</Output>",
+     "answer": str (only where a checkable answer exists), "source": str}
+
+Sources (`SFT_SOURCES`, slug -> function; the keys of a dataset spec in params are its keyword arguments):
+- `openo1`: OpenO1-SFT (hub `O1-OPEN/OpenO1-SFT`, one jsonl; columns `instruction`, `output`) from the hub id or
+  local .jsonl / .json / .parquet files.
+- `medical_o1`: medical-o1-reasoning-SFT (hub `FreedomIntelligence/medical-o1-reasoning-SFT`, configs en, zh,
+  en_mix, zh_mix; JSON arrays of `Question`, `Complex_CoT`, `Response`); the target is built from CoT + response in
+  the same Thought/Output form.
+- `arith`: embedded, offline, seeded multi-step arithmetic word problems in the OpenO1 form. `<Thought>` shows the
+  working, `<Output>` is the number, and `answer` holds it, so exact match is a real task score.
+- `arith_medical`: the same generator with dosage wording, written into the medical-o1 fields and converted by the
+  medical-o1 code path. Synthetic arithmetic, not medical data; rows are labelled `source: arith_medical`.
+
+Validation errors (`SFTDataError`) name the file and the line (jsonl) or index (JSON array, parquet, hub rows):
+missing fields, non-string or empty values, non-UTF-8 bytes, a JSON array where jsonl is expected.
+
+Formatting (`encode_examples`): the tokenizer's chat template when it has one (or when asked), else a plain prompt
+template; the loss is on the response tokens only (prompt positions carry label -100); sequences over
+`max_seq_len` are truncated or dropped and both counts are returned. The Thought/Output tags stay plain text
+(no new special tokens, no embedding resize), so any byte-level tokenizer encodes them.
+
+    python -c "from efficientllm.data.sft import arith; print(arith(n_examples=1, seed=0)[0]['output'])"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPENO1_HUB_ID = "O1-OPEN/OpenO1-SFT"
+MEDICAL_O1_HUB_ID = "FreedomIntelligence/medical-o1-reasoning-SFT"
+MEDICAL_O1_CONFIGS = ("en", "zh", "en_mix", "zh_mix")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+IGNORE_INDEX = -100
+"""Label of positions that carry no loss (prompt and padding); transformers' cross-entropy ignores it."""
+
+TEMPLATES = ("auto", "chat", "plain")
+OVERLONG_POLICIES = ("truncate", "drop")
+DEFAULT_PROMPT_TEMPLATE = "Question: {instruction}\nAnswer:\n"
+
+
+class SFTDataError(ValueError):
+    """SFT data that cannot be used; the message names the file (or hub id) and the line or index."""
+
+
+# --- the normalised record ----------------------------------------------------------------------------------
+
+
+def thought_output(thought: str, output: str) -> str:
+    """The OpenO1 target form: the reasoning inside <Thought>, the final answer inside <Output>."""
+    return f"<Thought>\n{thought.strip()}\n</Thought>\n<Output>\n{output.strip()}\n</Output>"
+
+
+_OUTPUT_RE = re.compile(r"<Output>\s*(.*?)\s*(?:</Output>|$)", re.DOTALL)
+
+
+def extract_output(text: str) -> str | None:
+    """The text inside the first <Output> tag of a generation (up to </Output> or the end), stripped; None if absent."""
+    m = _OUTPUT_RE.search(text)
+    return m.group(1).strip() if m else None
+
+
+def _record_id(source: str, instruction: str, index: int) -> str:
+    digest = hashlib.sha256(f"{source}\0{index}\0{instruction}".encode()).hexdigest()[:12]
+    return f"{source}-{index:06d}-{digest}"
+
+
+def _text_field(row: Mapping[str, Any], name: str, where: str) -> str:
+    """row[name] as a non-empty string, else SFTDataError naming `where` and the field."""
+    if name not in row:
+        present = ", ".join(sorted(map(str, row))) or "none"
+        raise SFTDataError(f"{where}: missing field {name!r} (fields present: {present})")
+    value = row[name]
+    if not isinstance(value, str):
+        raise SFTDataError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise SFTDataError(f"{where}: field {name!r} is an empty string")
+    return value
+
+
+def openo1_record(row: Mapping[str, Any], where: str, index: int, source: str = "openo1") -> dict[str, Any]:
+    """One OpenO1-SFT row (`instruction`, `output`) as a normalised record; the output is kept as written."""
+    if not isinstance(row, Mapping):
+        raise SFTDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    instruction = _text_field(row, "instruction", where)
+    output = _text_field(row, "output", where)
+    rec = {"id": _record_id(source, instruction, index), "instruction": instruction, "output": output,
+           "source": source}
+    if "answer" in row:  # OpenO1-format rows that carry a checkable answer (the arith generator's)
+        rec["answer"] = _text_field(row, "answer", where)
+    return rec
+
+
+def medical_o1_record(row: Mapping[str, Any], where: str, index: int, source: str = "medical_o1") -> dict[str, Any]:
+    """One medical-o1 row (`Question`, `Complex_CoT`, `Response`): the CoT goes in <Thought>, the response in
+    <Output>."""
+    if not isinstance(row, Mapping):
+        raise SFTDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    question = _text_field(row, "Question", where)
+    cot = _text_field(row, "Complex_CoT", where)
+    response = _text_field(row, "Response", where)
+    rec = {"id": _record_id(source, question, index), "instruction": question,
+           "output": thought_output(cot, response), "source": source}
+    if "answer" in row:
+        rec["answer"] = _text_field(row, "answer", where)
+    return rec
+
+
+# --- reading files -------------------------------------------------------------------------------------------
+
+
+def _decode_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SFTDataError(
+            f"{path} line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column})"
+        ) from None
+
+
+def read_jsonl(path: str | Path) -> list[tuple[str, Any]]:
+    """(where, object) for every non-blank line of a jsonl file; `where` is `<path> line <n>`."""
+    path = Path(path)
+    text = _decode_utf8(path)
+    rows: list[tuple[str, Any]] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        where = f"{path} line {n}"
+        if not rows and stripped.startswith("["):
+            raise SFTDataError(
+                f"{where}: a JSON array where jsonl (one JSON object per line) is expected; "
+                "name the file .json to read it as an array"
+            )
+        try:
+            obj = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise SFTDataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise SFTDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        rows.append((where, obj))
+    return rows
+
+
+def read_json_array(path: str | Path) -> list[tuple[str, Any]]:
+    """(where, object) for every element of a JSON array file; `where` is `<path> [index <i>]`."""
+    path = Path(path)
+    text = _decode_utf8(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = " (several JSON values: is this jsonl? name it .jsonl)" if e.msg == "Extra data" else ""
+        raise SFTDataError(f"{path} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno}){hint}") from None
+    if not isinstance(data, list):
+        raise SFTDataError(f"{path}: expected a JSON array of objects, got a JSON {type(data).__name__}")
+    rows = []
+    for i, obj in enumerate(data):
+        where = f"{path} [index {i}]"
+        if not isinstance(obj, dict):
+            raise SFTDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        rows.append((where, obj))
+    return rows
+
+
+def read_parquet(path: str | Path) -> list[tuple[str, Any]]:
+    """(where, row) for every row of a parquet file; `where` is `<path> [row <i>]`."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    return [(f"{path} [row {i}]", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
+
+
+READERS: dict[str, Callable[[str | Path], list[tuple[str, Any]]]] = {
+    ".jsonl": read_jsonl,
+    ".json": read_json_array,
+    ".parquet": read_parquet,
+}
+"""File suffix -> reader returning (where, row) pairs."""
+
+
+def _data_files(path: str | Sequence[str]) -> list[Path]:
+    """The files named by `path`: one file, a directory (its .jsonl/.json/.parquet files, sorted) or a list."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths:
+        raise SFTDataError("path: the list of files is empty")
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix in DATA_SUFFIXES)
+            if not found:
+                raise SFTDataError(f"{p}: no {', '.join(DATA_SUFFIXES)} files in this directory")
+            files.extend(found)
+        elif p.exists():
+            if p.suffix not in DATA_SUFFIXES:
+                raise SFTDataError(f"{p}: unsupported file type {p.suffix!r} (use {', '.join(DATA_SUFFIXES)})")
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"SFT data file not found: {p}")
+    return files
+
+
+def _read_files(path: str | Sequence[str]) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for f in _data_files(path):
+        rows.extend(READERS[f.suffix](f))
+    return rows
+
+
+def _read_hub(hub_id: str, *, config: str | None, split: str, revision: str | None,
+              data_files: str | Sequence[str] | None) -> list[tuple[str, Any]]:
+    """Rows of a hub dataset through `datasets.load_dataset` (needs network or the local HF cache)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(hub_id, name=config, split=split, revision=revision,
+                                   data_files=list(data_files) if isinstance(data_files, list | tuple) else data_files)
+    except Exception as e:  # offline, unknown id, missing config: one clear line, the cause chained
+        raise SFTDataError(
+            f"hub dataset {hub_id!r} (config {config!r}, revision {revision!r}) could not be loaded: "
+            f"{type(e).__name__}: {e}. Offline runs need `path:` to local files."
+        ) from e
+    label = f"hub {hub_id}" + (f"[{config}]" if config else "")
+    return [(f"{label} row {i}", row) for i, row in enumerate(ds)]
+
+
+def _take(rows: list[tuple[str, Any]], max_examples: int | None) -> list[tuple[str, Any]]:
+    if max_examples is not None:
+        if max_examples < 1:
+            raise SFTDataError(f"max_examples must be >= 1 or null, got {max_examples}")
+        rows = rows[:max_examples]
+    if not rows:
+        raise SFTDataError("the source has no rows")
+    return rows
+
+
+# --- sources -------------------------------------------------------------------------------------------------
+
+
+def openo1(*, path: str | list[str] | None = None, hub_id: str = OPENO1_HUB_ID, revision: str | None = None,
+           split: str = "train", data_files: str | list[str] | None = None,
+           max_examples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """OpenO1-SFT: local files when `path` is set (jsonl, JSON array or parquet), else the hub dataset."""
+    del seed  # the rows are read in file order; the split is seeded later
+    rows = _read_files(path) if path is not None else _read_hub(
+        hub_id, config=None, split=split, revision=revision, data_files=data_files)
+    return [openo1_record(row, where, i) for i, (where, row) in enumerate(_take(rows, max_examples))]
+
+
+def medical_o1(*, path: str | list[str] | None = None, hub_id: str = MEDICAL_O1_HUB_ID, config: str = "en",
+               revision: str | None = None, split: str = "train", data_files: str | list[str] | None = None,
+               max_examples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """medical-o1-reasoning-SFT: local files when `path` is set, else the hub dataset's `config` (en, zh, en_mix,
+    zh_mix). Extra fields (options, Ground-True Answer, ...) are ignored."""
+    del seed
+    if config not in MEDICAL_O1_CONFIGS:
+        raise SFTDataError(f"medical_o1: config {config!r} is not one of {', '.join(MEDICAL_O1_CONFIGS)}")
+    rows = _read_files(path) if path is not None else _read_hub(
+        hub_id, config=config, split=split, revision=revision, data_files=data_files)
+    return [medical_o1_record(row, where, i) for i, (where, row) in enumerate(_take(rows, max_examples))]
+
+
+# The word-problem generator: a start quantity and a chain of operations, each written as one sentence of the
+# question and one line of working. Numbers stay small so the prompt + working fit in ~96 tokens.
+_NAMES = ("Ava", "Ben", "Sam", "Max", "Eva", "Tom", "Ann", "Tim", "Dan", "Jo", "Ed", "Al")
+_ITEMS = ("files", "lines", "items", "keys", "values", "objects", "books", "cards", "coins", "apples")
+
+
+@dataclass(frozen=True)
+class _Bank:
+    """The wording of one problem family: sentence templates per operation."""
+
+    start: str
+    add: tuple[str, ...]
+    sub: tuple[str, ...]
+    times: tuple[str, ...]
+    groups: tuple[str, ...]
+    share: tuple[str, ...]
+    question: str
+
+
+_WORD_BANK = _Bank(
+    start="{name} has {a} {items}.",
+    add=("{name} finds {n} more.", "{name} gets {n} more from a friend.", "{name} buys {n} more."),
+    sub=("{name} gives away {n}.", "{name} loses {n}.", "{name} uses {n} of them."),
+    times=("Then the number of {items} {word}.",),
+    groups=("{name} buys {k} bags with {m} {items} in each.", "{name} gets {k} boxes of {m} {items}."),
+    share=("{name} shares them equally with {j} friends and keeps one share.",),
+    question="How many {items} does {name} have now?",
+)
+_DOSE_BANK = _Bank(
+    start="A daily dose is {a} mg.",
+    add=("It is raised by {n} mg.", "A doctor adds {n} mg."),
+    sub=("It is lowered by {n} mg.", "A nurse takes off {n} mg."),
+    times=("Then the dose {word}.",),
+    groups=("{k} tablets of {m} mg are added.",),
+    share=("It is split into {j} equal parts and one part is kept.",),
+    question="What is the dose in mg now?",
+)
+_TIMES_WORDS = {2: "doubles", 3: "triples"}
+
+
+def _problem(rng: random.Random, bank: _Bank, min_ops: int, max_ops: int) -> tuple[str, str, int]:
+    """(question, working, answer) of one seeded problem."""
+    name, items = rng.choice(_NAMES), rng.choice(_ITEMS)
+    cur = rng.randint(2, 20)
+    sentences = [bank.start.format(name=name, items=items, a=cur)]
+    lines: list[str] = []
+    for _ in range(rng.randint(min_ops, max_ops)):
+        ops = ["add", "groups"] + (["sub"] if cur >= 2 else [])
+        if cur <= 60:
+            ops.append("times")
+        divisors = [j + 1 for j in range(1, 5) if cur % (j + 1) == 0]
+        if divisors:
+            ops.append("share")
+        op = rng.choice(ops)
+        if op == "add":
+            n = rng.randint(1, 20)
+            sentences.append(rng.choice(bank.add).format(name=name, n=n))
+            lines.append(f"{cur} + {n} = {cur + n}")
+            cur += n
+        elif op == "sub":
+            n = rng.randint(1, cur - 1)
+            sentences.append(rng.choice(bank.sub).format(name=name, n=n))
+            lines.append(f"{cur} - {n} = {cur - n}")
+            cur -= n
+        elif op == "times":
+            f = rng.choice((2, 3))
+            sentences.append(rng.choice(bank.times).format(items=items, word=_TIMES_WORDS[f]))
+            lines.append(f"{cur} * {f} = {cur * f}")
+            cur *= f
+        elif op == "groups":
+            k, m = rng.randint(2, 5), rng.randint(2, 9)
+            sentences.append(rng.choice(bank.groups).format(name=name, k=k, m=m, items=items))
+            lines.append(f"{k} * {m} = {k * m}")
+            lines.append(f"{cur} + {k * m} = {cur + k * m}")
+            cur += k * m
+        else:  # share: j friends + the owner = j + 1 equal shares
+            parts = rng.choice(divisors)
+            sentences.append(rng.choice(bank.share).format(name=name, j=parts - 1 if bank is _WORD_BANK else parts))
+            lines.append(f"{cur} / {parts} = {cur // parts}")
+            cur //= parts
+    sentences.append(bank.question.format(name=name, items=items))
+    return " ".join(sentences), "\n".join(lines), cur
+
+
+def _unique_problems(seed: str, bank: _Bank, n: int, min_ops: int, max_ops: int) -> list[tuple[str, str, int]]:
+    """n problems with distinct questions (so no question is in both train and eval), from one seeded stream."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out = []
+    for _ in range(100 * n):
+        problem = _problem(rng, bank, min_ops, max_ops)
+        if problem[0] not in seen:
+            seen.add(problem[0])
+            out.append(problem)
+            if len(out) == n:
+                return out
+    raise SFTDataError(f"the generator gave only {len(out)} distinct problems of the {n} asked for (raise max_ops)")
+
+
+def _check_generator_args(n_examples: int, min_ops: int, max_ops: int) -> None:
+    if n_examples < 1:
+        raise SFTDataError(f"n_examples must be >= 1, got {n_examples}")
+    if not 1 <= min_ops <= max_ops:
+        raise SFTDataError(f"need 1 <= min_ops <= max_ops, got min_ops={min_ops}, max_ops={max_ops}")
+
+
+def arith(*, n_examples: int = 640, min_ops: int = 2, max_ops: int = 2, seed: int = 0) -> list[dict[str, Any]]:
+    """Seeded multi-step arithmetic word problems in the OpenO1 form, with the number as `answer`.
+
+    The same (n_examples, min_ops, max_ops, seed) give the same rows on every machine (`random.Random`).
+    """
+    _check_generator_args(n_examples, min_ops, max_ops)
+    rows = []
+    for i, (question, working, answer) in enumerate(_unique_problems(f"arith-{seed}", _WORD_BANK, n_examples,
+                                                                      min_ops, max_ops)):
+        row = {"instruction": question, "output": thought_output(working, str(answer)), "answer": str(answer)}
+        rows.append(openo1_record(row, f"arith [index {i}]", i, source="arith"))
+    return rows
+
+
+def arith_medical(*, n_examples: int = 640, min_ops: int = 2, max_ops: int = 2, seed: int = 0) -> list[dict[str, Any]]:
+    """The arithmetic generator with dosage wording, in the medical-o1 fields (`Question`, `Complex_CoT`,
+    `Response`), converted by the medical-o1 path. Synthetic arithmetic, not medical data: `source` says so."""
+    _check_generator_args(n_examples, min_ops, max_ops)
+    rows = []
+    for i, (question, working, answer) in enumerate(_unique_problems(f"arith_medical-{seed}", _DOSE_BANK, n_examples,
+                                                                      min_ops, max_ops)):
+        row = {"Question": question, "Complex_CoT": working, "Response": str(answer), "answer": str(answer)}
+        rows.append(medical_o1_record(row, f"arith_medical [index {i}]", i, source="arith_medical"))
+    return rows
+
+
+SFT_SOURCES: dict[str, Callable[..., list[dict[str, Any]]]] = {
+    "arith": arith,
+    "arith_medical": arith_medical,
+    "openo1": openo1,
+    "medical_o1": medical_o1,
+}
+"""Source slug -> function(**spec, seed) returning normalised records. A dataset spec in params names one."""
+
+
+def load_sft_source(spec: Mapping[str, Any], seed: int, where: str = "dataset") -> list[dict[str, Any]]:
+    """The records of one dataset spec `{source: <slug>, **kwargs}`; unknown slugs and keys raise SFTDataError."""
+    if not isinstance(spec, Mapping):
+        raise SFTDataError(f"{where}: expected a mapping with a `source` key, got {spec!r}")
+    spec = dict(spec)
+    slug = spec.pop("source", None)
+    if slug not in SFT_SOURCES:
+        raise SFTDataError(f"{where}: source {slug!r} is not one of {', '.join(SFT_SOURCES)}")
+    fn = SFT_SOURCES[slug]
+    allowed = set(inspect.signature(fn).parameters) - {"seed"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise SFTDataError(
+            f"{where}: unknown key {unknown[0]!r} for source {slug} (allowed: {', '.join(sorted(allowed))})")
+    return fn(**spec, seed=seed)
+
+
+# --- the deterministic split ---------------------------------------------------------------------------------
+
+
+def split_records(records: Sequence[dict[str, Any]], *, eval_fraction: float, seed: int,
+                  max_eval_examples: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, eval): a seeded permutation; eval takes round(n x eval_fraction) records (at least 1, at most
+    `max_eval_examples`), train the rest, both in permutation order. The same inputs give the same split."""
+    n = len(records)
+    if not 0 < eval_fraction < 1:
+        raise SFTDataError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    n_eval = max(1, round(n * eval_fraction))
+    if max_eval_examples is not None:
+        n_eval = min(n_eval, max_eval_examples)
+    if n - n_eval < 1:
+        raise SFTDataError(f"{n} records leave nothing to train on after {n_eval} eval records")
+    order = list(range(n))
+    random.Random(f"split-{seed}").shuffle(order)
+    return [records[i] for i in order[n_eval:]], [records[i] for i in order[:n_eval]]
+
+
+# --- formatting and the response-only loss mask --------------------------------------------------------------
+
+
+def resolve_template(template: str, tokenizer: Any) -> str:
+    """`chat` or `plain`: `auto` picks chat when the tokenizer has a chat template."""
+    if template not in TEMPLATES:
+        raise ValueError(f"template {template!r} is not one of {', '.join(TEMPLATES)}")
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if template == "auto":
+        return "chat" if has_chat else "plain"
+    if template == "chat" and not has_chat:
+        raise ValueError("template 'chat' was asked for but the tokenizer has no chat template (use auto or plain)")
+    return template
+
+
+def plain_prompt(instruction: str, prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
+    """The plain prompt: `prompt_template` with `{instruction}` filled in."""
+    return prompt_template.replace("{instruction}", instruction)
+
+
+def format_example(record: Mapping[str, Any], tokenizer: Any, *, template: str,
+                   prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> tuple[str, str]:
+    """(prompt text, response text) of one record under a resolved template (`chat` or `plain`).
+
+    chat: the prompt is the template applied to the user turn with the generation prompt; the response is the rest
+    of the template applied to user + assistant turns (so it ends with the template's end-of-turn text).
+    plain: `prompt_template` filled in, and the output as the response (the caller appends EOS).
+    """
+    if template == "plain":
+        return plain_prompt(record["instruction"], prompt_template), record["output"]
+    if template != "chat":
+        raise ValueError(f"format_example needs a resolved template (chat or plain), got {template!r}")
+    user = [{"role": "user", "content": record["instruction"]}]
+    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": record["output"]}], tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not render the prompt as a prefix of the full conversation; "
+                         "use template: plain")
+    return prompt, full[len(prompt):]
+
+
+@dataclass
+class EncodedSFT:
+    """Token ids and labels of a split, with what happened to sequences over the length limit."""
+
+    input_ids: list[list[int]] = field(default_factory=list)
+    labels: list[list[int]] = field(default_factory=list)
+    """Same length as input_ids; IGNORE_INDEX on prompt positions, the token id on response positions."""
+    record_ids: list[str] = field(default_factory=list)
+    n_records: int = 0
+    n_truncated: int = 0
+    """Sequences over max_seq_len cut to it (their response loses its tail)."""
+    n_dropped: int = 0
+    """Sequences left out: over max_seq_len under policy `drop`, or a prompt that leaves no room for a response."""
+    template: str = "plain"
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(map(len, self.input_ids))
+
+    @property
+    def n_response_tokens(self) -> int:
+        return sum(sum(1 for t in lab if t != IGNORE_INDEX) for lab in self.labels)
+
+    def stats(self) -> dict[str, Any]:
+        n = len(self.input_ids)
+        return {"n_records": self.n_records, "n_examples": n, "n_truncated": self.n_truncated,
+                "n_dropped": self.n_dropped, "template": self.template, "n_tokens": self.n_tokens,
+                "n_response_tokens": self.n_response_tokens,
+                "mean_tokens": self.n_tokens / n if n else None}
+
+
+def encode_example(record: Mapping[str, Any], tokenizer: Any, *, template: str,
+                   prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one record, untruncated: prompt ids masked with IGNORE_INDEX, response ids kept.
+
+    Prompt and response are tokenized separately so the mask boundary is exact. The plain template lets the
+    tokenizer add its special tokens to the prompt (e.g. BOS) and appends EOS to the response; the chat template
+    already carries its own.
+    """
+    prompt, response = format_example(record, tokenizer, template=template, prompt_template=prompt_template)
+    prompt_ids = tokenizer(prompt, add_special_tokens=(template == "plain"))["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if template == "plain" and tokenizer.eos_token_id is not None:
+        response_ids = response_ids + [tokenizer.eos_token_id]
+    return prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids
+
+
+def encode_examples(records: Iterable[Mapping[str, Any]], tokenizer: Any, *, template: str = "auto",
+                    prompt_template: str = DEFAULT_PROMPT_TEMPLATE, max_seq_len: int,
+                    overlong: str = "truncate") -> EncodedSFT:
+    """Encode records for causal-LM fine-tuning with the loss on response tokens only.
+
+    Over `max_seq_len`: `truncate` keeps the first max_seq_len tokens (the prompt whole, the response cut),
+    `drop` leaves the sequence out. A prompt of max_seq_len tokens or more leaves no response token, so that
+    record is dropped under either policy. Both counts are in the result.
+    """
+    if overlong not in OVERLONG_POLICIES:
+        raise ValueError(f"overlong {overlong!r} is not one of {', '.join(OVERLONG_POLICIES)}")
+    if max_seq_len < 2:
+        raise ValueError(f"max_seq_len must be >= 2, got {max_seq_len}")
+    resolved = resolve_template(template, tokenizer)
+    out = EncodedSFT(template=resolved)
+    for rec in records:
+        out.n_records += 1
+        ids, labels = encode_example(rec, tokenizer, template=resolved, prompt_template=prompt_template)
+        if len(ids) > max_seq_len:
+            n_prompt = next((i for i, t in enumerate(labels) if t != IGNORE_INDEX), len(labels))
+            if overlong == "drop" or n_prompt >= max_seq_len:
+                out.n_dropped += 1
+                continue
+            ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+            out.n_truncated += 1
+        out.input_ids.append(ids)
+        out.labels.append(labels)
+        out.record_ids.append(str(rec.get("id", out.n_records - 1)))
+    return out
+
+
+# --- files written by the prepare_sft stage ------------------------------------------------------------------
+
+TRAIN_FILE = "train.jsonl"
+EVAL_FILE = "eval.jsonl"
+SFT_STATS_FILE = "stats.json"
+
+
+def write_jsonl_text(records: Iterable[Mapping[str, Any]]) -> str:
+    """jsonl text (UTF-8, non-ASCII kept, keys in insertion order)."""
+    return "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records)
+
+
+def load_split(data_dir: str | Path, name: str) -> list[dict[str, Any]]:
+    """The records of `<data_dir>/<name>.jsonl` written by prepare_sft, validated."""
+    path = Path(data_dir) / f"{name}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"SFT split missing: {path} (run `dvc repro prepare_sft`)")
+    return [openo1_record(row, where, i, source=row.get("source", "openo1")) | {"id": row.get("id", str(i))}
+            for i, (where, row) in enumerate(read_jsonl(path))]

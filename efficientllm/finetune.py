@@ -1,0 +1,576 @@
+"""Fine-tuning one method on one SFT dataset: the training loop every finetune cell runs, and its measured row.
+
+Every method gets the same base model, data, formatting, batch size (full fine-tuning included), step budget,
+seed and measured window, so a difference between rows comes from the method alone. Batches are padded to
+`sft.max_seq_len` (steady shapes) and the loss is on response tokens only. The measured window is the training
+run after `measure_warmup_steps` optimizer steps: per-step latency (AL; device synchronised at both edges), AMU,
+PCU, peak memory, energy (AEC) and MFU against the measured peak FLOP/s. ST is samples / parameter / s with the
+paper's denominator, the model's total parameters (base + adapter); `extra` also has it per trainable parameter.
+Quality is the eval loss on held-out records (response tokens); where records carry an `answer` (the arith
+sources), greedy generation on a few of them gives exact-match accuracy as well.
+
+Outputs per cell: `<out>/adapter/` (peft format; for `freeze` the trained tensors, for `full` a pointer to
+merged/) and `<out>/merged/` (plain safetensors + tokenizer, the input of the quantization stage).
+
+    python -m stages.finetune --method lora --dataset arith     # the DVC stage that calls `finetune_cell`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from efficientllm.atomic import atomic_dir
+from efficientllm.config import ConfigError, FinetuneConfig, MeasureConfig, SFTConfig
+from efficientllm.data.sft import IGNORE_INDEX, EncodedSFT, encode_examples, extract_output, format_example, load_split
+from efficientllm.measure import (
+    MeasurementWindow,
+    StepTimer,
+    device_name,
+    measure_peak_flops,
+    metrics,
+    mfu,
+    num_threads,
+    resolve_device,
+    summarize,
+    synchronize,
+)
+from efficientllm.measure.provenance import provenance
+from efficientllm.techniques import (
+    BASE_QUANTIZATION,
+    METHODS,
+    decoder_blocks,
+    is_loaded_in_4bit,
+    learning_rate,
+    make_optimizer,
+    unsupported_reason,
+)
+
+FAILED_MARKER = "FAILED.json"
+"""Written by a failed upstream cell in place of its model (see stages/cells.py)."""
+
+MIN_LR_RATIO = 0.1
+
+
+class CellSkipped(RuntimeError):
+    """The method cannot run on this device (e.g. no 4-bit backend); the row is `skipped` with this reason."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the cell stops and its row says so."""
+
+
+@dataclass
+class FinetuneOutcome:
+    row: dict[str, Any]
+    """Row-schema fields of the cell."""
+    loss_curve: list[dict[str, float]]
+    """One record per optimizer step: step, loss, lr, samples, step_s."""
+
+
+# --- checks before anything runs -----------------------------------------------------------------------------
+
+
+def base_is_local(base: str) -> bool:
+    return Path(base).exists() or base.startswith((".", "/")) or base.count("/") != 1
+
+
+def check_cell(method: str, sft: SFTConfig, cfg: FinetuneConfig) -> None:
+    """Raise ConfigError / FileNotFoundError for params that cannot work, before the cell starts.
+
+    Checks the method slug, that a local base exists, and that `sft.max_seq_len` fits a base with a learned
+    position table (RoPE and the other computed encodings take any position; see `beyond_base_context`).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"[matrix] finetune_methods: unknown method {method!r} (known: {', '.join(METHODS)})")
+    from transformers import AutoConfig
+
+    import efficientllm.models  # noqa: F401  (registers the efficientlm model type with the Auto classes)
+
+    if base_is_local(cfg.base_model) and not Path(cfg.base_model).exists():
+        raise FileNotFoundError(f"[finetune] base_model: {cfg.base_model} does not exist (run `dvc repro pretrain`)")
+    if (Path(cfg.base_model) / FAILED_MARKER).exists():
+        return  # the upstream cell failed: the run records it as this cell's failure
+    config = AutoConfig.from_pretrained(cfg.base_model, revision=cfg.base_revision)
+    if beyond_base_context(config, sft.max_seq_len) and getattr(config, "positional", None) == "learned":
+        raise ConfigError(f"[sft] max_seq_len={sft.max_seq_len} exceeds the base's learned position table "
+                          f"(max_position_embeddings={config.max_position_embeddings})")
+
+
+def beyond_base_context(config: Any, seq_len: int) -> bool:
+    """True when `seq_len` exceeds the positions the base was configured (and usually trained) for."""
+    max_pos = getattr(config, "max_position_embeddings", None)
+    return max_pos is not None and seq_len > max_pos
+
+
+# --- the base model ------------------------------------------------------------------------------------------
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 on a CUDA device that supports it, else float32."""
+    if spec == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return getattr(torch, spec)
+
+
+def load_base(cfg: FinetuneConfig, method: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """The base causal LM, loaded as `method` needs it (QLoRA: 4-bit through transformers' bitsandbytes path)."""
+    from transformers import AutoModelForCausalLM
+
+    import efficientllm.models  # noqa: F401
+
+    kwargs: dict[str, Any] = {"revision": cfg.base_revision, "dtype": dtype}
+    quantization = BASE_QUANTIZATION.get(method)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization(cfg, device, dtype)
+        kwargs["device_map"] = {"": str(device)}
+        return AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs).to(device)
+
+
+def load_tokenizer(cfg: FinetuneConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg.base_model, revision=cfg.base_revision)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding positions carry no loss, so any id works
+    return tok
+
+
+# --- parameter and FLOP accounting ---------------------------------------------------------------------------
+
+
+def _logical_numel(p: torch.Tensor) -> int:
+    """Elements a parameter stands for: a bitsandbytes 4-bit tensor packs two per byte, its quant_state knows."""
+    state = getattr(p, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return int(math.prod(shape)) if shape is not None else p.numel()
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """total / trainable parameters (shared tensors once; 4-bit weights counted unpacked), and adapter params."""
+    params = {id(p): (n, p) for n, p in model.named_parameters(remove_duplicate=True)}
+    total = sum(_logical_numel(p) for _, p in params.values())
+    trainable = sum(_logical_numel(p) for _, p in params.values() if p.requires_grad)
+    adapter = sum(p.numel() for n, p in params.values() if "lora_" in n)
+    return {"total": total, "trainable": trainable, "adapter": adapter}
+
+
+def _linear_flops(module: nn.Module) -> int:
+    return 2 * module.in_features * module.out_features
+
+
+def training_flops_per_token(model: nn.Module, seq_len: int) -> dict[str, float]:
+    """Analytic matmul FLOPs per token of one training step, as the method trains (an estimate).
+
+    forward = 2 x in x out over every linear layer (adapters included, embeddings free) + dense attention
+    4 x n_layers x seq_len x n_heads x head_dim. Backward: activation gradients (= forward of every linear above
+    the lowest trainable block, 2 x forward attention there) + weight gradients (2 x in x out of trainable linears
+    only). Full fine-tuning comes out at 3 x forward; adapters at ~2 x forward; freeze less when embeddings are untied.
+    """
+    config = getattr(model, "config", None)
+    n_layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    n_heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    head_dim = int(getattr(config, "head_dim", 0) or (hidden // n_heads if n_heads else 0))
+    attn_per_layer = 4.0 * seq_len * n_heads * head_dim
+    blocks = list(decoder_blocks(model))
+    in_block: dict[int, int] = {}
+    for b, block in enumerate(blocks):
+        for m in block.modules():
+            in_block[id(m)] = b
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    fwd_linear = sum(_linear_flops(m) for m in linears)
+    trainable_linear = sum(_linear_flops(m) for m in linears if m.weight.requires_grad)
+    # The lowest block whose activations need gradients: the first with a trainable parameter (0 when anything
+    # below the blocks, e.g. a tied embedding, trains).
+    lowest = len(blocks)
+    for b, block in enumerate(blocks):
+        if any(p.requires_grad for p in block.parameters()):
+            lowest = b
+            break
+    get_in = getattr(model, "get_input_embeddings", None)
+    emb = get_in() if callable(get_in) else None
+    if emb is not None and any(p.requires_grad for p in emb.parameters()):
+        lowest = 0
+    act_linear = sum(_linear_flops(m) for m in linears if in_block.get(id(m), len(blocks)) >= lowest)
+    forward = fwd_linear + n_layers * attn_per_layer
+    backward = act_linear + 2 * (n_layers - lowest) * attn_per_layer + trainable_linear
+    return {"forward": float(forward), "training": float(forward + backward), "lowest_grad_block": lowest}
+
+
+# --- batches, eval loss, exact match -------------------------------------------------------------------------
+
+
+def collate(input_ids: list[list[int]], labels: list[list[int]], pad_id: int, seq_len: int,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to `seq_len`: (input_ids, labels) of shape (B, seq_len); padding labels are IGNORE_INDEX."""
+    ids = torch.full((len(input_ids), seq_len), pad_id, dtype=torch.long)
+    lab = torch.full((len(input_ids), seq_len), IGNORE_INDEX, dtype=torch.long)
+    for i, (x, y) in enumerate(zip(input_ids, labels, strict=True)):
+        ids[i, :len(x)] = torch.as_tensor(x)
+        lab[i, :len(y)] = torch.as_tensor(y)
+    return ids.to(device), lab.to(device)
+
+
+def batch_order(n: int, batch_size: int, seed: int, n_batches: int) -> list[list[int]]:
+    """`n_batches` lists of indices: seeded permutations of range(n), one after another, cut into batches."""
+    rng = random.Random(f"batches-{seed}")
+    order: list[int] = []
+    out = []
+    for _ in range(n_batches):
+        if len(order) < batch_size:
+            perm = list(range(n))
+            rng.shuffle(perm)
+            order.extend(perm)
+        out.append(order[:batch_size])
+        del order[:batch_size]
+    return out
+
+
+@torch.no_grad()
+def response_loss(model: nn.Module, enc: EncodedSFT, batch_size: int, pad_id: int, seq_len: int,
+                  device: torch.device) -> float:
+    """Mean cross-entropy per response token over the encoded records (prompt and padding excluded)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(enc.input_ids), batch_size):
+        ids, lab = collate(enc.input_ids[start:start + batch_size], enc.labels[start:start + batch_size],
+                           pad_id, seq_len, device)
+        logits = model(input_ids=ids, use_cache=False).logits.float()  # (B, T, V)
+        shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1)
+        total += float(nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX,
+                                                   reduction="sum"))
+        count += int((shift_labels != IGNORE_INDEX).sum())
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("no response tokens in the eval records (raise sft.max_seq_len)")
+    return total / count
+
+
+@torch.no_grad()
+def exact_match(model: nn.Module, tokenizer: Any, records: list[dict[str, Any]], *, template: str,
+                prompt_template: str, max_new_tokens: int, device: torch.device) -> dict[str, Any]:
+    """Greedy answers to `records` (those with an `answer`): the text inside <Output> must equal the answer."""
+    records = [r for r in records if r.get("answer")]
+    if not records:
+        return {"exact_match": None, "exact_match_n": 0}
+    prompts = [format_example(r, tokenizer, template=template, prompt_template=prompt_template)[0] for r in records]
+    encoded = [tokenizer(p, add_special_tokens=(template == "plain"))["input_ids"] for p in prompts]
+    width = max(map(len, encoded))
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, x in enumerate(encoded):  # left padding: every prompt ends where generation starts
+        ids[i, width - len(x):] = torch.as_tensor(x)
+        mask[i, width - len(x):] = 1
+    was_training = model.training
+    model.eval()
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    model.train(was_training)
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    answers = [extract_output(t) for t in texts]
+    hits = sum(a == r["answer"].strip() for a, r in zip(answers, records, strict=True))
+    return {"exact_match": hits / len(records), "exact_match_n": len(records),
+            "exact_match_samples": [{"answer": r["answer"], "generated": t[:200]}
+                                    for r, t in list(zip(records, texts, strict=True))[:3]]}
+
+
+# --- saving --------------------------------------------------------------------------------------------------
+
+
+def _weights_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def _uses_initial_conversion(model: nn.Module) -> bool:
+    """PiSSA-style inits change the base; their adapter is saved relative to the original base (peft converts it)."""
+    if not _is_peft(model):
+        return False
+    init = getattr(model.peft_config["default"], "init_lora_weights", True)
+    return isinstance(init, str) and init.startswith(("pissa", "olora", "corda"))
+
+
+def save_cell(model: nn.Module, tokenizer: Any, method: str, cfg: FinetuneConfig, dtype: torch.dtype,
+              out_dir: Path, initial_adapter: Path | None) -> dict[str, Any]:
+    """Write `<out_dir>/adapter` and `<out_dir>/merged` atomically (one folder swap); returns size facts.
+
+    QLoRA's merge goes into a freshly loaded full-precision base (merging into 4-bit weights would requantise
+    the update away); the merged model then differs from the trained 4-bit one by the base's quantisation error.
+    """
+    from safetensors.torch import save_file
+
+    facts: dict[str, Any] = {}
+    with atomic_dir(out_dir) as tmp:
+        adapter_dir, merged_dir = tmp / "adapter", tmp / "merged"
+        adapter_dir.mkdir()
+        if _is_peft(model):
+            kwargs = {}
+            if initial_adapter is not None:
+                kwargs["path_initial_model_for_weight_conversion"] = str(initial_adapter)
+            model.save_pretrained(adapter_dir, safe_serialization=True, **kwargs)
+            facts["adapter_format"] = "peft"
+            if is_loaded_in_4bit(model):
+                from peft import PeftModel
+
+                fp_base = load_base(cfg, "full", torch.device("cpu"), dtype)
+                merged = PeftModel.from_pretrained(fp_base, adapter_dir).merge_and_unload()
+                facts["merged_from"] = "full-precision base + saved adapter"
+            else:
+                merged = model.merge_and_unload()
+                facts["merged_from"] = "merge_and_unload of the trained model"
+        elif method == "full":
+            merged = model
+            (adapter_dir / "checkpoint.json").write_text(json.dumps(
+                {"method": "full", "checkpoint": "../merged", "note": "full fine-tuning: the model is the checkpoint"}
+            ) + "\n")
+            facts["adapter_format"] = "full checkpoint (merged/)"
+        else:  # freeze: the trained tensors are the delta a user ships
+            trained = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+            save_file(trained, str(adapter_dir / "trainable.safetensors"), metadata={"format": "pt"})
+            (adapter_dir / "trainable.json").write_text(json.dumps(
+                {"method": method, "base_model": cfg.base_model, "tensors": sorted(trained)}, indent=1) + "\n")
+            merged = model
+            facts["adapter_format"] = "trained tensors (safetensors)"
+        merged.save_pretrained(merged_dir, safe_serialization=True)
+        tokenizer.save_pretrained(merged_dir)
+        facts["adapter_size_bytes"] = _weights_bytes(adapter_dir) if method != "full" else _weights_bytes(merged_dir)
+        facts["merged_size_bytes"] = _weights_bytes(merged_dir)
+    return facts
+
+
+# --- the cell ------------------------------------------------------------------------------------------------
+
+
+def _lr_lambda(steps: int, warmup: int):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConfig, measure: MeasureConfig,
+                  data_dir: Path, out_dir: Path | None) -> FinetuneOutcome:
+    """Fine-tune the base with `method` on the prepared SFT split in `data_dir` and measure it.
+
+    Raises CellSkipped when the device cannot run the method, TrainingDiverged on a NaN/inf loss (the stage turns
+    both into rows). Writes `<out_dir>/adapter` and `<out_dir>/merged` atomically when out_dir is given.
+    """
+    t_cell = time.perf_counter()
+    if method not in METHODS:
+        raise ConfigError(f"[matrix] finetune_methods: unknown method {method!r} (known: {', '.join(METHODS)})")
+    marker = Path(cfg.base_model) / FAILED_MARKER
+    if marker.exists():  # the upstream cell left a marker instead of weights
+        raise RuntimeError(f"the base model's cell failed: {marker.read_text(encoding='utf-8').strip()}")
+    device = resolve_device(cfg.device)
+    reason = unsupported_reason(method, device)
+    if reason is not None:
+        raise CellSkipped(reason)
+    data_dir = Path(data_dir)
+    stats = json.loads((data_dir / "stats.json").read_text(encoding="utf-8")) if (data_dir / "stats.json").exists() \
+        else {}
+    tokenizer = load_tokenizer(cfg)
+    train_records, eval_records = load_split(data_dir, "train"), load_split(data_dir, "eval")
+    enc_kwargs = dict(template=sft.template, prompt_template=sft.prompt_template, max_seq_len=sft.max_seq_len,
+                      overlong=sft.overlong)
+    train = encode_examples(train_records, tokenizer, **enc_kwargs)
+    evals = encode_examples(eval_records[:cfg.eval_examples], tokenizer, **enc_kwargs)
+    if not train.input_ids:
+        raise ValueError(f"no train sequence left after the length policy (dropped {train.n_dropped})")
+    if not evals.input_ids:
+        raise ValueError(f"no eval sequence left after the length policy (dropped {evals.n_dropped})")
+    seq_len, pad_id = sft.max_seq_len, tokenizer.pad_token_id
+
+    dtype = resolve_dtype(cfg.dtype, device)
+    model = load_base(cfg, method, device, dtype)
+    base_counts = parameter_counts(model)
+    if cfg.gradient_checkpointing and method != "qlora":  # qlora enables it in prepare_model_for_kbit_training
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(cfg.seed)
+    model = METHODS[method](model, cfg)
+    model.train()
+    counts = parameter_counts(model)
+    flops = training_flops_per_token(model, seq_len)
+    eval_loss_initial = response_loss(model, evals, cfg.batch_size, pad_id, seq_len, device)
+
+    initial_dir = tempfile.TemporaryDirectory(prefix="efficientllm-init-adapter-")
+    initial_adapter = None
+    if out_dir is not None and _uses_initial_conversion(model):
+        initial_adapter = Path(initial_dir.name)
+        model.save_pretrained(initial_adapter, safe_serialization=True)
+
+    lr = learning_rate(method, cfg)
+    opt = make_optimizer(method, model, cfg)
+    samples_per_step = cfg.batch_size * cfg.grad_accum_steps
+    steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train.input_ids) / samples_per_step))
+    warm = min(cfg.measure_warmup_steps, steps - 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, cfg.lr_warmup_steps))
+    peak = measure_peak_flops(device, dtype, n=measure.peak_calibration_n,
+                              cache_path=Path(measure.cache_dir) / "peak_flops.json")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    batches = batch_order(len(train.input_ids), cfg.batch_size, cfg.seed, steps * cfg.grad_accum_steps)
+
+    timer = StepTimer(sync=lambda: synchronize(device))
+    window = MeasurementWindow(device, interval_s=measure.sample_interval_s, watts_per_core=measure.cpu_watts_per_core)
+    curve: list[dict[str, float]] = []
+    with contextlib.ExitStack() as stack:
+        for step in range(steps):
+            if step == warm:
+                stack.enter_context(window)
+            with timer.step():
+                loss_sum = 0.0
+                for micro in range(cfg.grad_accum_steps):
+                    idx = batches[step * cfg.grad_accum_steps + micro]
+                    ids, lab = collate([train.input_ids[i] for i in idx], [train.labels[i] for i in idx],
+                                       pad_id, seq_len, device)
+                    # Right padding under a causal mask cannot change real positions, so no attention mask is
+                    # passed and the kernel takes its fast causal path; padding labels carry no loss.
+                    out = model(input_ids=ids, labels=lab, use_cache=False)
+                    (out.loss / cfg.grad_accum_steps).backward()
+                    loss_sum += float(out.loss.detach())
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            loss = loss_sum / cfg.grad_accum_steps
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
+            curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
+                          "samples": (step + 1) * samples_per_step, "step_s": timer.samples[-1]})
+    win = window.result
+    window_samples_s = timer.samples[warm:]
+    lat = summarize(window_samples_s)
+    window_s = win["window_s"]
+    window_samples = samples_per_step * len(window_samples_s)
+    window_tokens = window_samples * seq_len
+
+    eval_loss = response_loss(model, evals, cfg.batch_size, pad_id, seq_len, device)
+    em: dict[str, Any] = {"exact_match": None, "exact_match_n": 0}
+    if cfg.gen_eval_examples:
+        em = exact_match(model, tokenizer, eval_records[:cfg.gen_eval_examples], template=train.template,
+                         prompt_template=sft.prompt_template, max_new_tokens=cfg.max_new_tokens, device=device)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    saved: dict[str, Any] = {}
+    if out_dir is not None:
+        saved = save_cell(model, tokenizer, method, cfg, dtype, Path(out_dir), initial_adapter)
+    initial_dir.cleanup()
+
+    achieved = flops["training"] * window_tokens / window_s if window_s else None
+    dtype_name = str(dtype).removeprefix("torch.")
+    last = curve[-min(5, len(curve)):]
+    is_4bit = is_loaded_in_4bit(model) if method == "qlora" else False
+    row = {
+        "run_id": uuid.uuid4().hex,
+        "axis": "finetune",
+        "stage": "finetune",
+        "cell": f"{method}-{dataset}",
+        "technique": method,
+        "model": cfg.base_model,
+        "dataset": dataset,
+        "status": "ok",
+        "trial": 0,
+        "device": str(device),
+        "device_name": device_name(device),
+        "device_count": 1,
+        "num_threads": num_threads(),
+        "dtype": cfg.qlora_quant_type if is_4bit else dtype_name,
+        "batch_size": cfg.batch_size,
+        "seq_len": seq_len,
+        "seed": cfg.seed,
+        "steps": len(window_samples_s),
+        "warmup_steps": warm,
+        "n_params": counts["total"],
+        "n_active_params": counts["total"],
+        "n_trainable_params": counts["trainable"],
+        **win,
+        "flops_per_token": flops["training"],
+        "achieved_flops_per_s": achieved,
+        "peak_flops_per_s": peak["peak_flops_per_s"],
+        "mfu": mfu(achieved, peak["peak_flops_per_s"]),
+        "al_s": lat["mean"],
+        "latency_s_mean": lat["mean"],
+        "latency_s_std": lat["std"],
+        "latency_s_p50": lat["p50"],
+        "latency_s_p90": lat["p90"],
+        "latency_s_p99": lat["p99"],
+        "latency_samples_s": window_samples_s,
+        "st_samples_per_param_s": metrics.st_samples_per_param_s(window_samples, counts["total"], window_s),
+        "tokens_per_s": metrics.tokens_per_s(window_tokens, window_s),
+        "tokens_per_j": metrics.tokens_per_j(window_tokens, win.get("energy_j")),
+        "model_size_bytes": model_bytes,
+        "quality_metric": "eval_loss",
+        "quality_value": eval_loss,
+        "eval_loss": eval_loss,
+        "train_loss_final": sum(r["loss"] for r in last) / len(last),
+        "duration_s": time.perf_counter() - t_cell,
+        "extra": {
+            "method": method,
+            "dataset_source": stats.get("source"),
+            "dataset_label": stats.get("label"),
+            "base_model": cfg.base_model,
+            "base_revision": cfg.base_revision,
+            "base_source": cfg.base_source,
+            "n_params_base": base_counts["total"],
+            "n_adapter_params": counts["adapter"],
+            "trainable_fraction": counts["trainable"] / counts["total"] if counts["total"] else None,
+            "st_param_count": "n_params: all parameters of the model as trained (base + adapter), the paper's ST",
+            "st_samples_per_trainable_param_s": metrics.st_samples_per_param_s(window_samples, counts["trainable"],
+                                                                                window_s),
+            "samples_per_step": samples_per_step,
+            "grad_accum_steps": cfg.grad_accum_steps,
+            "optimizer_steps": steps,
+            "window_samples": window_samples,
+            "window_tokens_padded": window_tokens,
+            "lr": lr,
+            "lr_b": lr * cfg.loraplus_lr_ratio if method == "loraplus" else None,
+            "lora_r": cfg.lora_r if counts["adapter"] else None,
+            "lora_alpha": cfg.lora_alpha if counts["adapter"] else None,
+            "target_modules": list(cfg.target_modules) if counts["adapter"] else None,
+            "freeze_trainable_blocks": cfg.freeze_trainable_blocks if method == "freeze" else None,
+            "qlora_quant_type": cfg.qlora_quant_type if is_4bit else None,
+            "compute_dtype": dtype_name,
+            "gradient_checkpointing": cfg.gradient_checkpointing,
+            "beyond_base_context": beyond_base_context(getattr(model, "config", None), seq_len),
+            "same_batch_size_as_peft": True,
+            "eval_loss_initial": eval_loss_initial,
+            "eval_examples": len(evals.input_ids),
+            "exact_match": em["exact_match"],
+            "exact_match_n": em["exact_match_n"],
+            "exact_match_samples": em.get("exact_match_samples"),
+            "template": train.template,
+            "train_examples": len(train.input_ids),
+            "train_truncated": train.n_truncated,
+            "train_dropped": train.n_dropped,
+            "eval_truncated": evals.n_truncated,
+            "eval_dropped": evals.n_dropped,
+            "forward_flops_per_token": flops["forward"],
+            "lowest_grad_block": flops["lowest_grad_block"],
+            "flops_estimate": "analytic: linear layers + dense attention, backward as the method trains",
+            "peak_flops_calibration": peak,
+            **saved,
+        },
+        **provenance(),
+    }
+    return FinetuneOutcome(row=row, loss_curve=curve)
