@@ -186,6 +186,7 @@ def test_hub_refuses_offline_with_a_clear_error(monkeypatch):
     import datasets
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("must not be called offline"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # make test exports it; this case is about the datasets flag
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(ValueError, match="needs the network, but HF_DATASETS_OFFLINE is set"):
         list(fineweb_edu())
