@@ -27,7 +27,7 @@ TINY_OVERRIDES = {
     "pretrain": {"batch_size": 4, "steps": 6, "lr_warmup_steps": 2, "measure_warmup_steps": 2, "eval_batches": 2},
     "measure": {"peak_calibration_n": 128},
     # fine-tuning: one cell (lora on arith), a few steps; sft.max_seq_len stays 128 (RoPE base, any position)
-    "matrix": {"finetune_methods": ["lora"], "finetune_datasets": ["arith"],
+    "matrix": {"pretrain": ["mha"], "finetune_methods": ["lora"], "finetune_datasets": ["arith"],
                "quantize": ["bf16", "int4"], "quantize_sft": ["bf16"]},  # the bf16 reference + one bitsandbytes cell
     "sft": {"datasets": {"arith": {"source": "arith", "n_examples": 48}}, "max_eval_examples": 8},
     "finetune": {"steps": 3, "measure_warmup_steps": 1, "eval_examples": 4, "gen_eval_examples": 2,

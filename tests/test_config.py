@@ -28,11 +28,20 @@ def test_default_params_parse_every_section():
         load_section(REPO / "params.yaml", name, params)
 
 
-def test_every_matrix_slug_has_a_recipe():
+def test_every_matrix_slug_has_a_recipe_the_model_accepts():
+    """Every default pretrain cell resolves to a model config at the default block length (a bad recipe fails CI)."""
+    from efficientllm.data import train_tokenizer
+    from efficientllm.pretrain import model_variant
+
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     matrix = load_section(REPO / "params.yaml", "matrix", params)
+    base = load_section(REPO / "params.yaml", "model", params)
+    block_len = load_section(REPO / "params.yaml", "prepare", params).block_len
+    tok = train_tokenizer(["some text to train a tokenizer on"] * 20, vocab_size=300)
     for slug in matrix.pretrain:
-        assert isinstance(load_variant(REPO / "params.yaml", slug, params), dict)
+        recipe = load_variant(REPO / "params.yaml", slug, params)
+        variant = model_variant(slug, base, recipe, tok, block_len)
+        assert variant.config.vocab_size == len(tok), slug
 
 
 @pytest.mark.parametrize(
