@@ -158,6 +158,15 @@ class PretrainConfig:
     parallelism: str = field(default="ddp", metadata=_meta(choices=("ddp", "fsdp")))
     """With several processes: ddp (a full replica per device) or fsdp (parameters, gradients and optimizer
     state sharded over devices: the larger shapes)."""
+    checkpoint_every_steps: int = field(default=0, metadata=_meta(min=0))
+    """Save a resumable checkpoint (model, optimizer, scheduler, RNG, step) every N optimizer steps to
+    .cache/checkpoints/pretrain/<variant>/; a killed cell resumes from the last one (0: off; one process only)."""
+    timeout_s: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
+    """Wall-clock limit of one cell's training loop in seconds, checked after every step; past it the cell
+    becomes a status='failed' row (None: no limit)."""
+    memory_limit_mb: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
+    """Resident-memory limit of the stage process in MiB, checked after every step (the CPU stand-in for a
+    device out-of-memory); past it the cell becomes a status='failed' row (None: no limit)."""
 
     def __post_init__(self) -> None:
         if self.measure_warmup_steps >= self.steps:
@@ -277,6 +286,15 @@ class FinetuneConfig:
     """Generation budget of the exact-match check."""
     seed: int = 1234
     """Seed of adapter init, dropout and batch order."""
+    checkpoint_every_steps: int = field(default=0, metadata=_meta(min=0))
+    """Save a resumable checkpoint (trainable weights, optimizer, scheduler, RNG, step) every N optimizer steps to
+    .cache/checkpoints/finetune/<cell>/; a killed cell resumes from the last one (0: off)."""
+    timeout_s: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
+    """Wall-clock limit of one cell's training loop in seconds, checked after every step; past it the cell
+    becomes a status='failed' row (None: no limit)."""
+    memory_limit_mb: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
+    """Resident-memory limit of the stage process in MiB, checked after every step (the CPU stand-in for a
+    device out-of-memory); past it the cell becomes a status='failed' row (None: no limit)."""
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.measure_warmup_steps >= self.steps:
@@ -570,7 +588,12 @@ def read_params(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"params file not found: {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except yaml.YAMLError as e:  # one line: where, and what the parser says
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"params file {path} is not valid YAML{at}: {what}") from None
+    except UnicodeDecodeError as e:
         raise ConfigError(f"params file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"params file {path}: expected a mapping of sections")

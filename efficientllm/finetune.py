@@ -18,6 +18,7 @@ merged/) and `<out>/merged/` (plain safetensors + tokenizer, the input of the qu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -32,6 +33,14 @@ import torch
 from torch import nn
 
 from efficientllm.atomic import atomic_dir
+from efficientllm.checkpoint import (
+    CellGuard,
+    Checkpointer,
+    cell_key,
+    code_digest,
+    file_digest,
+    require_safetensors,
+)
 from efficientllm.config import ConfigError, FinetuneConfig, MeasureConfig, SFTConfig
 from efficientllm.data.sft import IGNORE_INDEX, EncodedSFT, encode_examples, extract_output, format_example, load_split
 from efficientllm.measure import (
@@ -102,6 +111,8 @@ def check_cell(method: str, sft: SFTConfig, cfg: FinetuneConfig) -> None:
         raise FileNotFoundError(f"[finetune] base_model: {cfg.base_model} does not exist (run `dvc repro pretrain`)")
     if (Path(cfg.base_model) / FAILED_MARKER).exists():
         return  # the upstream cell failed: the run records it as this cell's failure
+    if Path(cfg.base_model).exists():  # a local folder: safetensors weights only (a pickle is refused)
+        require_safetensors(Path(cfg.base_model), "[finetune] base_model")
     config = AutoConfig.from_pretrained(cfg.base_model, revision=cfg.base_revision)
     if beyond_base_context(config, sft.max_seq_len) and getattr(config, "positional", None) == "learned":
         raise ConfigError(f"[sft] max_seq_len={sft.max_seq_len} exceeds the base's learned position table "
@@ -131,7 +142,8 @@ def load_base(cfg: FinetuneConfig, method: str, device: torch.device, dtype: tor
 
     import efficientllm.models  # noqa: F401
 
-    kwargs: dict[str, Any] = {"revision": cfg.base_revision, "dtype": dtype}
+    # safetensors only: a pickle checkpoint (pytorch_model.bin) could run code when loaded, so it is refused
+    kwargs: dict[str, Any] = {"revision": cfg.base_revision, "dtype": dtype, "use_safetensors": True}
     quantization = BASE_QUANTIZATION.get(method)
     if quantization is not None:
         kwargs["quantization_config"] = quantization(cfg, device, dtype)
@@ -370,12 +382,29 @@ def _lr_lambda(steps: int, warmup: int):
     return f
 
 
+def _trajectory_key(method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConfig, data_dir: Path) -> str:
+    """What determines a fine-tuning run's state after each step: params (less the reliability knobs), the SFT
+    data, the base weights and the training code."""
+    train = {k: v for k, v in dataclasses.asdict(cfg).items()
+             if k not in ("checkpoint_every_steps", "timeout_s", "memory_limit_mb")}
+    data = {p.name: file_digest(p) for p in sorted(Path(data_dir).glob("*.jsonl"))}
+    base = Path(cfg.base_model)
+    base_files = {p.name: file_digest(p) for p in sorted(base.glob("*")) if p.is_file()} if base.is_dir() else {}
+    here = Path(__file__).resolve().parent
+    code = code_digest([here / "finetune.py", here / "techniques" / "peft_methods.py", here / "data" / "sft.py",
+                        here / "models"])
+    return cell_key("finetune", method, dataset, dataclasses.asdict(sft), train, data, base_files, code)
+
+
 def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConfig, measure: MeasureConfig,
-                  data_dir: Path, out_dir: Path | None) -> FinetuneOutcome:
+                  data_dir: Path, out_dir: Path | None, checkpoint_dir: Path | None = None) -> FinetuneOutcome:
     """Fine-tune the base with `method` on the prepared SFT split in `data_dir` and measure it.
 
     Raises CellSkipped when the device cannot run the method, TrainingDiverged on a NaN/inf loss (the stage turns
     both into rows). Writes `<out_dir>/adapter` and `<out_dir>/merged` atomically when out_dir is given.
+    With `checkpoint_dir` and `cfg.checkpoint_every_steps`, saves the trainable weights, optimizer, scheduler and
+    RNG every N steps and resumes from the last checkpoint of the same key (efficientllm.checkpoint); a resumed
+    run's quality columns equal an uninterrupted one's, its timing columns cover the steps it ran itself.
     """
     t_cell = time.perf_counter()
     if method not in METHODS:
@@ -434,9 +463,18 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
     timer = StepTimer(sync=lambda: synchronize(device))
     window = MeasurementWindow(device, interval_s=measure.sample_interval_s, watts_per_core=measure.cpu_watts_per_core)
     curve: list[dict[str, float]] = []
+    ckpt, start = None, 0
+    if checkpoint_dir is not None and cfg.checkpoint_every_steps:
+        key = _trajectory_key(method, dataset, sft, cfg, data_dir)
+        ckpt = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps, trainable_only=True)
+        state = ckpt.load(model, opt, sched)
+        if state is not None:
+            start, curve = int(state["steps_done"]), list(state["curve"])
+    guard = CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "finetune")
+    window_start = max(warm, start)  # a resumed run measures the steps it runs itself
     with contextlib.ExitStack() as stack:
-        for step in range(steps):
-            if step == warm:
+        for step in range(start, steps):  # the batch order is a list indexed by step: resuming needs no skipping
+            if step == window_start:
                 stack.enter_context(window)
             with timer.step():
                 loss_sum = 0.0
@@ -459,8 +497,11 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
                 raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
             curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
                           "samples": (step + 1) * samples_per_step, "step_s": timer.samples[-1]})
+            if ckpt is not None and ckpt.due(step + 1, steps):
+                ckpt.save(step + 1, model, opt, sched, {"curve": curve})
+            guard.check(step)
     win = window.result
-    window_samples_s = timer.samples[warm:]
+    window_samples_s = timer.samples[window_start - start:]
     lat = summarize(window_samples_s)
     window_s = win["window_s"]
     window_samples = samples_per_step * len(window_samples_s)
@@ -527,6 +568,9 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
         "duration_s": time.perf_counter() - t_cell,
         "extra": {
             "method": method,
+            "resumed_from_step": start or None,  # a killed run resumed from its checkpoint after this many steps
+            # every seed the row's numbers depend on: adapter init + dropout + batch order, and the SFT data split
+            "seeds": {"finetune": cfg.seed, "sft_split": stats.get("seed", sft.seed)},
             "dataset_source": stats.get("source"),
             "dataset_label": stats.get("label"),
             "base_model": cfg.base_model,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import time
 import uuid
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from efficientllm.atomic import atomic_dir
+from efficientllm.checkpoint import CellGuard, Checkpointer, cell_key, code_digest, file_digest
 from efficientllm.config import ConfigError, MeasureConfig, ModelConfig, PretrainConfig
 from efficientllm.data import iterate_batches, load_blocks, load_stats
 from efficientllm.distributed import (
@@ -163,6 +165,18 @@ def evaluate_perplexity(model: torch.nn.Module, val_blocks: Any, batch_size: int
     return mean, math.exp(mean)
 
 
+def _trajectory_key(slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: PretrainConfig, data_dir: Path) -> str:
+    """What determines a pretraining run's state after each step: params (less the reliability knobs), data, code."""
+    train = {k: v for k, v in dataclasses.asdict(cfg).items()
+             if k not in ("checkpoint_every_steps", "timeout_s", "memory_limit_mb")}
+    stats = load_stats(data_dir)  # prepare records the digests; hash the files only when it did not
+    data = {name: stats.get(f"{name.replace('.', '_')}_sha256") or file_digest(Path(data_dir) / name)
+            for name in ("train.npy", "val.npy")}
+    here = Path(__file__).resolve().parent
+    code = code_digest([here / "pretrain.py", here / "models", here / "data" / "packing.py"])
+    return cell_key("pretrain", slug, dataclasses.asdict(base), recipe, train, data, code)
+
+
 def _save_model_atomic(model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> None:
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -171,13 +185,16 @@ def _save_model_atomic(model: torch.nn.Module, tokenizer: Any, out_dir: Path) ->
 
 def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: PretrainConfig,
                   measure: MeasureConfig, data_dir: Path, model_out: Path | None,
-                  dist: DistContext | None = None) -> PretrainOutcome:
+                  dist: DistContext | None = None, checkpoint_dir: Path | None = None) -> PretrainOutcome:
     """Train variant `slug` from scratch on the prepared corpus and measure it.
 
     Raises ConfigError for a bad recipe and TrainingDiverged for a NaN/inf loss; the stage turns
     those into rows. Writes the trained model (safetensors + tokenizer) to `model_out` atomically.
     Under several processes (`dist`, see efficientllm.distributed) every rank calls this; each trains on
     its shard of every global batch, rank 0 writes the model and its return value holds the row.
+    With `checkpoint_dir` and `cfg.checkpoint_every_steps` (one process), the run saves a checkpoint every N steps
+    and resumes from the last one of the same key (see efficientllm.checkpoint): the quality columns of a resumed
+    run equal those of an uninterrupted one; its timing columns cover the steps run after the resume.
     """
     from transformers import AutoTokenizer
 
@@ -219,10 +236,21 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
                                watts_per_core=measure.cpu_watts_per_core)
     curve: list[dict[str, float]] = []
     tokens_per_step = cfg.batch_size * block_len
-    batches = iterate_batches(train_blocks, cfg.batch_size, cfg.seed, cfg.steps)
+    ckpt = None
+    start = 0
+    if checkpoint_dir is not None and cfg.checkpoint_every_steps and not dist.distributed:
+        key = _trajectory_key(slug, base, recipe, cfg, data_dir)
+        ckpt = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps)
+        state = ckpt.load(model, opt, sched)
+        if state is not None:
+            start, curve = int(state["steps_done"]), list(state["curve"])
+    guard = CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "pretrain")
+    # The batch order is a pure function of (seed, step): skipping the steps done puts the iterator where it was.
+    batches = itertools.islice(iterate_batches(train_blocks, cfg.batch_size, cfg.seed, cfg.steps), start, None)
+    window_start = max(cfg.measure_warmup_steps, start)  # a resumed run measures the steps it runs itself
     with contextlib.ExitStack() as stack:
-        for step, batch in enumerate(batches):
-            if step == cfg.measure_warmup_steps:
+        for step, batch in enumerate(batches, start):
+            if step == window_start:
                 stack.enter_context(window)
             with timer.step():
                 local = dist.shard(batch).to(device, non_blocking=True)  # (B / ranks, T)
@@ -243,11 +271,14 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
                 raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
             curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
                           "tokens": (step + 1) * tokens_per_step, "step_s": timer.samples[-1]})
+            if ckpt is not None and ckpt.due(step + 1, cfg.steps):
+                ckpt.save(step + 1, model, opt, sched, {"curve": curve})
+            guard.check(step)
     # MoE routing balance over the whole run (this rank's tokens; None for dense models).
     expert_load = expert_load_summary(model)
     payloads = dist.gather(window_payload(window.result, dist))
     win = aggregate_windows(payloads) if payloads else window.result  # rank 0: every device; others: their own
-    window_samples = timer.samples[cfg.measure_warmup_steps:]
+    window_samples = timer.samples[window_start - start:]
     lat = summarize(window_samples)
     window_s = win["window_s"]
     window_tokens = tokens_per_step * len(window_samples)
@@ -326,6 +357,9 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
             "gradient_checkpointing": cfg.gradient_checkpointing,
             "per_device": per_device_summary(payloads) if payloads and dist.distributed else None,
             "expert_load": expert_load,
+            "resumed_from_step": start or None,  # a killed run resumed from its checkpoint after this many steps
+            # every seed the row's numbers depend on: init + batch order, and the corpus's train / val split
+            "seeds": {"pretrain": cfg.seed, "prepare_split": load_stats(data_dir).get("seed")},
         },
         **provenance(),
     }

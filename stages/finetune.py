@@ -7,7 +7,9 @@ loss.csv (a DVC plot).
 Bad params (unknown method, a missing base or data folder, max_seq_len over the base's positions) exit 2 with
 one line and write nothing. A method the device cannot run (QLoRA without a 4-bit backend) becomes a
 `status='skipped'` row with the reason; a cell that fails while running (NaN loss, out of memory, a bug, a failed
-base) a `status='failed'` row; both exit 0 so the sweep and the report go on. An I/O error exits 1.
+base, `finetune.timeout_s` / `finetune.memory_limit_mb` passed) a `status='failed'` row; both exit 0 so the sweep
+and the report go on. An I/O error exits 1. With `finetune.checkpoint_every_steps`, a killed cell resumes from its
+last checkpoint in .cache/checkpoints/finetune/<cell>/ on the next run (removed once the row is written).
 
     python -m stages.finetune --method lora --dataset arith
 """
@@ -43,17 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     if not (data_dir / "train.jsonl").exists():
         raise FileNotFoundError(f"SFT data missing: {data_dir}/train.jsonl (run `dvc repro prepare_sft@{dataset}`)")
 
+    from efficientllm.checkpoint import CHECKPOINT_ROOT, discard
     from efficientllm.finetune import CellSkipped, check_cell, finetune_cell
     from efficientllm.records import write_row
 
     check_cell(method, sft, cfg)  # bad params fail here, before anything is written
     cell = f"{method}-{dataset}"
     model_dir, result_dir = MODEL_ROOT / cell, RESULT_ROOT / cell
+    checkpoint_dir = CHECKPOINT_ROOT / "finetune" / cell
     common = dict(axis="finetune", stage="finetune", cell=cell, technique=method, dataset=dataset,
                   model=cfg.base_model, seed=cfg.seed, batch_size=cfg.batch_size, seq_len=sft.max_seq_len)
     try:
         outcome = finetune_cell(method=method, dataset=dataset, sft=sft, cfg=cfg, measure=measure,
-                                data_dir=data_dir, out_dir=model_dir)
+                                data_dir=data_dir, out_dir=model_dir, checkpoint_dir=checkpoint_dir)
     except OSError:
         raise
     except Exception as e:  # skipped (the device cannot run it) or failed while running: record it as data
@@ -63,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             write_failure_marker(model_dir / sub, row)
         write_curve(result_dir / "loss.csv", [])
         write_row(result_dir / "row.json", row)
+        discard(checkpoint_dir)
         print(f"finetune@{cell}: {status.upper()}: {row['error'].splitlines()[0]}")
         return 0
     write_curve(result_dir / "loss.csv", outcome.loss_curve)
     write_row(result_dir / "row.json", outcome.row)
+    discard(checkpoint_dir)
     r, x = outcome.row, outcome.row["extra"]
     em = f" exact_match={x['exact_match']:.3f}" if x.get("exact_match") is not None else ""
     print(f"finetune@{cell}: eval_loss={r['eval_loss']:.4f} (from {x['eval_loss_initial']:.4f}){em} "

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         EVAL_FILE,
         SFT_STATS_FILE,
         TRAIN_FILE,
+        SFTDataError,
         load_sft_source,
         plain_prompt,
         split_records,
@@ -45,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     spec = sft.datasets[args.dataset]
-    records = load_sft_source(spec, sft.seed, where=f"[sft] datasets.{args.dataset}")
+    try:
+        records = load_sft_source(spec, sft.seed, where=f"[sft] datasets.{args.dataset}")
+    except SFTDataError as e:  # every data error names its file (or hub id)
+        origin = spec.get("path") or spec.get("hub_id")
+        if origin and str(origin) not in str(e):
+            raise SFTDataError(f"[sft] datasets.{args.dataset} ({origin}): {e}") from None
+        raise
     train, evals = split_records(records, eval_fraction=sft.eval_fraction, seed=sft.seed,
                                  max_eval_examples=sft.max_eval_examples)
 

@@ -4,8 +4,11 @@ Outputs (declared in dvc.yaml): models/pretrain/<variant>/ (safetensors + tokeni
 results/pretrain/<variant>/row.json and loss.csv (a DVC plot).
 
 Bad params (unknown slug, a recipe the model rejects) exit 2 with one line and write nothing.
-A cell that fails while running (NaN loss, out of memory, a bug) becomes a `status='failed'` row and
-exits 0, so the sweep and the report go on; an I/O error exits 1 and writes nothing (retryable).
+A cell that fails while running (NaN loss, out of memory, `pretrain.memory_limit_mb` or `pretrain.timeout_s`
+passed, a bug) becomes a `status='failed'` row and exits 0, so the sweep and the report go on; an I/O error
+exits 1 and writes nothing (retryable). With `pretrain.checkpoint_every_steps`, a killed cell (kill -9,
+power loss) resumes from its last checkpoint in .cache/checkpoints/pretrain/<variant>/ on the next run,
+which is removed once the row is written.
 
 Several devices: with `pretrain.nproc_per_node: N > 1` the stage re-launches itself as N ranks,
 `torchrun --standalone --nproc_per_node N -m stages.pretrain --variant <slug>` (DDP or FSDP, see
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=PARAMS_FILE)
     args = ap.parse_args(argv)
 
-    from efficientllm.config import load_section, load_variant, read_params
+    from efficientllm.config import ConfigError, load_section, load_variant, read_params
 
     params = read_params(args.params)
     slug = args.variant
@@ -92,12 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (DATA_DIR / "train.npy").exists():
         raise FileNotFoundError(f"prepared corpus missing: {DATA_DIR}/train.npy (run `dvc repro prepare`)")
 
+    from efficientllm.checkpoint import CHECKPOINT_ROOT, discard
     from efficientllm.distributed import init_distributed, micro_batching, shutdown, under_torchrun
     from efficientllm.pretrain import model_config, pretrain_cell
     from efficientllm.records import write_row
 
     model_dir = Path("models/pretrain") / slug
     result_dir = Path("results/pretrain") / slug
+    checkpoint_dir = CHECKPOINT_ROOT / "pretrain" / slug
     # Bad recipes fail here, before anything is written.
     from transformers import AutoTokenizer
 
@@ -112,12 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         micro_batching(cfg.batch_size, dist.world_size, cfg.micro_batch_size)  # a world that splits the batch
     try:
         outcome = pretrain_cell(slug=slug, base=base, recipe=recipe, cfg=cfg, measure=measure,
-                                data_dir=DATA_DIR, model_out=model_dir, dist=dist)
-    except OSError:
+                                data_dir=DATA_DIR, model_out=model_dir, dist=dist, checkpoint_dir=checkpoint_dir)
+    except (OSError, ConfigError):  # retryable I/O (exit 1), or params the device cannot run (exit 2, e.g. bf16)
         raise
     except Exception as e:  # the cell failed while running: record it as data
         if dist is None or dist.is_main:
             _record_failure(e, slug, cfg, recipe, model_dir, result_dir, dist.world_size if dist else 1)
+            discard(checkpoint_dir)
         # A rank that stops while others wait in a collective must take the group down: exiting non-zero
         # makes torchrun end the other ranks (they would otherwise hang until the collective times out).
         return 1 if dist is not None and dist.distributed else 0
@@ -127,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     write_curve(result_dir / "loss.csv", outcome.loss_curve)
     write_row(result_dir / "row.json", outcome.row)
+    discard(checkpoint_dir)
     r = outcome.row
     print(f"pretrain@{slug}: val_ppl={r['quality_value']:.2f} al_s={r['al_s']:.4f} "
           f"tokens_per_s={r['tokens_per_s']:.0f} mfu={r['mfu'] or 0:.3f} "

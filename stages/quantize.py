@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         model_name = model_ref.as_posix().removeprefix("models/")
         if not model_ref.is_dir():
             raise FileNotFoundError(f"model directory missing: {model_ref} (run its DVC stage first)")
+        if not (model_ref / "FAILED.json").exists():  # a failed upstream cell becomes this cell's failed row
+            from efficientllm.checkpoint import require_safetensors
+
+            require_safetensors(model_ref, "--model-dir")  # no weights, or pickle weights only: refused
     for path in (DATA_DIR / "val_docs.jsonl", DATA_DIR / "stats.json"):
         if not path.exists():
             raise FileNotFoundError(f"prepared corpus missing: {path} (run `dvc repro prepare`)")
