@@ -597,6 +597,10 @@ def read_params(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"params file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"params file {path}: expected a mapping of sections")
+    known = [*SECTIONS, "variants"]
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:  # a misspelt section would otherwise be ignored and its defaults used silently
+        raise ConfigError(f"params file {path}: unknown section {unknown[0]!r} (known: {', '.join(known)})")
     return data
 
 

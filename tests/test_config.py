@@ -90,6 +90,9 @@ def test_missing_file_section_and_variant(tmp_path):
         load_section(p, "pretrain")
     with pytest.raises(ConfigError, match=r"\[variants\] unknown variant 'mla' \(defined: mha\)"):
         load_variant(p, "mla")
+    p.write_text("prepare: {}\npretrian: {steps: 5}\n")
+    with pytest.raises(ConfigError, match=r"unknown section 'pretrian'"):
+        load_section(p, "prepare")
     p.write_text("prepare: [unclosed\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_section(p, "prepare")
