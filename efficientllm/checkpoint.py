@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -41,6 +40,10 @@ class CellTimeout(RuntimeError):
 
 class CellMemoryExceeded(MemoryError):
     """The process's resident memory passed the cell's `memory_limit_mb` param; recorded as a failed row."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the cell stops and its row says so."""
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
@@ -227,8 +230,3 @@ def require_safetensors(model_dir: Path, what: str) -> None:
                                 "load only from safetensors (convert them with safetensors.torch.save_file)")
     raise FileNotFoundError(f"{what}: {model_dir} has no weights (*.safetensors)")
 
-
-def finite_or_raise(loss: float, step: int, exc: type[Exception], what: str = "loss") -> None:
-    """Raise `exc` when `loss` is NaN or inf."""
-    if not math.isfinite(loss):
-        raise exc(f"{what} is {loss} at step {step}")

@@ -36,6 +36,7 @@ from efficientllm.atomic import atomic_dir
 from efficientllm.checkpoint import (
     CellGuard,
     Checkpointer,
+    TrainingDiverged,
     cell_key,
     code_digest,
     file_digest,
@@ -52,10 +53,10 @@ from efficientllm.measure import (
     mfu,
     num_threads,
     resolve_device,
-    summarize,
     synchronize,
 )
 from efficientllm.measure.provenance import provenance
+from efficientllm.measure.timing import latency_columns
 from efficientllm.techniques import (
     BASE_QUANTIZATION,
     METHODS,
@@ -74,10 +75,6 @@ MIN_LR_RATIO = 0.1
 
 class CellSkipped(RuntimeError):
     """The method cannot run on this device (e.g. no 4-bit backend); the row is `skipped` with this reason."""
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the cell stops and its row says so."""
 
 
 @dataclass
@@ -502,7 +499,6 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
             guard.check(step)
     win = window.result
     window_samples_s = timer.samples[window_start - start:]
-    lat = summarize(window_samples_s)
     window_s = win["window_s"]
     window_samples = samples_per_step * len(window_samples_s)
     window_tokens = window_samples * seq_len
@@ -550,13 +546,7 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
         "achieved_flops_per_s": achieved,
         "peak_flops_per_s": peak["peak_flops_per_s"],
         "mfu": mfu(achieved, peak["peak_flops_per_s"]),
-        "al_s": lat["mean"],
-        "latency_s_mean": lat["mean"],
-        "latency_s_std": lat["std"],
-        "latency_s_p50": lat["p50"],
-        "latency_s_p90": lat["p90"],
-        "latency_s_p99": lat["p99"],
-        "latency_samples_s": window_samples_s,
+        **latency_columns(window_samples_s),  # AL = mean s per optimizer step, p50/p90/p99, raw samples
         "st_samples_per_param_s": metrics.st_samples_per_param_s(window_samples, counts["total"], window_s),
         "tokens_per_s": metrics.tokens_per_s(window_tokens, window_s),
         "tokens_per_j": metrics.tokens_per_j(window_tokens, win.get("energy_j")),

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor
 
-from efficientllm.measure import MeasurementWindow, RssPeak, summarize, synchronize
-from efficientllm.measure.timing import Clock
+from efficientllm.measure import MeasurementWindow, RssPeak, metrics, summarize, synchronize
+from efficientllm.measure.timing import Clock, latency_columns
 
 # ----------------------------------------------------------------------------- workload
 
@@ -151,38 +151,33 @@ class LatencyResult:
     def generated_tokens(self) -> int:
         return len(self.requests) * self.batch_size * self.max_new_tokens
 
+    def _ttft_and_steps(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Summaries of the time to first token and of every per-token decode step."""
+        return (summarize([r.ttft_s for r in self.requests]),
+                summarize([s for r in self.requests for s in r.decode_s]))
+
     def columns(self) -> dict[str, Any]:
         """Row columns: request latency (AL, percentiles, raw samples), TTFT, TPOT, IT and tokens / s."""
-        e2e = [r.e2e_s for r in self.requests]
-        lat = summarize(e2e)
-        ttft = summarize([r.ttft_s for r in self.requests])
-        steps = summarize([s for r in self.requests for s in r.decode_s])
+        ttft, steps = self._ttft_and_steps()
         processed = len(self.requests) * self.batch_size * (self.prompt_len + self.max_new_tokens)
         return {
-            "al_s": lat["mean"],
-            "latency_s_mean": lat["mean"],
-            "latency_s_std": lat["std"],
-            "latency_s_p50": lat["p50"],
-            "latency_s_p90": lat["p90"],
-            "latency_s_p99": lat["p99"],
-            "latency_samples_s": e2e,
+            **latency_columns([r.e2e_s for r in self.requests]),  # AL = mean request latency
             "ttft_s_p50": ttft["p50"],
             "tpot_s_p50": steps["p50"],
-            "it_tokens_per_s": _ratio(self.generated_tokens, self.window_s),
-            "tokens_per_s": _ratio(processed, self.window_s),
+            "it_tokens_per_s": metrics.it_tokens_per_s(self.generated_tokens, self.window_s),
+            "tokens_per_s": metrics.tokens_per_s(processed, self.window_s),
             "steps": len(self.requests),
             "warmup_steps": self.warmup_runs,
         }
 
     def extra(self) -> dict[str, Any]:
-        ttft = summarize([r.ttft_s for r in self.requests])
-        steps = summarize([s for r in self.requests for s in r.decode_s])
+        ttft, steps = self._ttft_and_steps()
         return {
             "ttft_s_p90": ttft["p90"], "ttft_s_p99": ttft["p99"],
             "tpot_s_p90": steps["p90"], "tpot_s_p99": steps["p99"], "tpot_s_mean": steps["mean"],
             "decode_steps": steps["n"],
-            "decode_tokens_per_s": _ratio(self.batch_size, steps["p50"]),
-            "prefill_tokens_per_s": _ratio(self.batch_size * self.prompt_len, ttft["p50"]),
+            "decode_tokens_per_s": metrics.tokens_per_s(self.batch_size, steps["p50"]),
+            "prefill_tokens_per_s": metrics.tokens_per_s(self.batch_size * self.prompt_len, ttft["p50"]),
             "latency_window_s": self.window_s,
         }
 
@@ -193,13 +188,6 @@ class LatencyResult:
             "warmup_runs": self.warmup_runs,
             "requests": [{"e2e_s": r.e2e_s, "ttft_s": r.ttft_s, "decode_s": r.decode_s} for r in self.requests],
         }
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or not b:
-        return None
-    v = a / b
-    return v if math.isfinite(v) else None
 
 
 def _repeat(run: Callable[[], float], *, min_runs: int, min_duration_s: float, max_runs: int) -> int:
@@ -256,7 +244,7 @@ def tracker_pass(model: nn.Module, prompts: torch.Tensor, *, max_new_tokens: int
         n = _repeat(one, min_runs=min_runs, min_duration_s=min_duration_s, max_runs=max_runs)
     generated = n * int(prompts.shape[0]) * max_new_tokens
     return {**window.result, "requests": n, "generated_tokens": generated,
-            "tokens_per_j": _ratio(generated, window.result.get("energy_j"))}
+            "tokens_per_j": metrics.tokens_per_j(generated, window.result.get("energy_j"))}
 
 
 # ----------------------------------------------------------------------------- KV cache and the memory budget

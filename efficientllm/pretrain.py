@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from efficientllm.atomic import atomic_dir
-from efficientllm.checkpoint import CellGuard, Checkpointer, cell_key, code_digest, file_digest
+from efficientllm.checkpoint import CellGuard, Checkpointer, TrainingDiverged, cell_key, code_digest, file_digest
 from efficientllm.config import ConfigError, MeasureConfig, ModelConfig, PretrainConfig
 from efficientllm.data import iterate_batches, load_blocks, load_stats
 from efficientllm.distributed import (
@@ -48,17 +48,13 @@ from efficientllm.measure import (
     metrics,
     mfu,
     num_threads,
-    summarize,
     synchronize,
 )
 from efficientllm.measure.provenance import provenance
+from efficientllm.measure.timing import latency_columns
 from efficientllm.models.accounting import count_parameters
 from efficientllm.models.baselines import Variant, describe_variant, resolve_recipe
 from efficientllm.models.moe import expert_load_summary
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the cell stops and its row says so."""
 
 
 @dataclass
@@ -279,7 +275,6 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
     payloads = dist.gather(window_payload(window.result, dist))
     win = aggregate_windows(payloads) if payloads else window.result  # rank 0: every device; others: their own
     window_samples = timer.samples[window_start - start:]
-    lat = summarize(window_samples)
     window_s = win["window_s"]
     window_tokens = tokens_per_step * len(window_samples)
 
@@ -326,15 +321,9 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
         "achieved_flops_per_s": achieved,
         "peak_flops_per_s": peak_total,  # summed over devices, like achieved_flops_per_s
         "mfu": mfu(achieved, peak_total),
-        "al_s": lat["mean"],
-        "latency_s_mean": lat["mean"],
-        "latency_s_std": lat["std"],
-        "latency_s_p50": lat["p50"],
-        "latency_s_p90": lat["p90"],
-        "latency_s_p99": lat["p99"],
-        "latency_samples_s": window_samples,
+        **latency_columns(window_samples),  # AL = mean step time, p50/p90/p99, raw samples
         "tt_tokens_per_param_s": metrics.tt_tokens_per_param_s(window_tokens, params["total"], window_s),
-        "tokens_per_s": metrics.it_tokens_per_s(window_tokens, window_s),
+        "tokens_per_s": metrics.tokens_per_s(window_tokens, window_s),
         "kv_cache_bytes_per_token": kv_bytes,
         "tokens_per_j": metrics.tokens_per_j(window_tokens, win.get("energy_j")),
         "model_size_bytes": model_size_bytes,
