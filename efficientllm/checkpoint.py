@@ -32,6 +32,9 @@ from efficientllm.atomic import atomic_dir
 CHECKPOINT_ROOT = Path(".cache/checkpoints")
 """Where stages keep their checkpoints (relative to the repository root, gitignored)."""
 FORMAT_VERSION = 1
+RUN_KNOBS = ("checkpoint_every_steps", "timeout_s", "memory_limit_mb", "trials", "trial_seeds")
+"""Params of a training section that do not change its trajectory (reliability limits, the trial count: a trial's
+seed is in the params itself), so they stay out of the checkpoint key."""
 
 
 class CellTimeout(RuntimeError):

@@ -121,7 +121,21 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class TrialsConfig:
+    """Repeated trials of a measured stage's cells (its section inherits these keys)."""
+
+    trials: int = field(default=1, metadata=_meta(min=1))
+    """Runs of every cell: trial 0 writes the cell's outputs and results/<stage>/<cell>/row.json; trials
+    1..N-1 run after it, each in a fresh process, and write results/<stage>/<cell>/trials/<k>/row.json (the
+    report shows mean +- 95% CI over the ok trials). A changed count re-runs the stage's cells: the trials of a
+    cell are measured back to back, under the same machine conditions."""
+    trial_seeds: str = field(default="vary", metadata=_meta(choices=("vary", "same")))
+    """vary: trial k runs with seed + k (init, data order: the CI covers seed noise too); same: every trial
+    with `seed` (the CI is measurement noise alone)."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig(TrialsConfig):
     device: str = "auto"
     """auto | cpu | cuda | cuda:N (auto: cuda when available)."""
     batch_size: int = field(default=8, metadata=_meta(min=1))
@@ -224,7 +238,7 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(TrialsConfig):
     """Fine-tuning: the base model, the shared recipe (same data, batch, steps and window for every method) and
     each method's knobs. Full fine-tuning runs at the same batch size as the PEFT methods."""
 
@@ -339,7 +353,7 @@ _FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
-class QuantizeConfig:
+class QuantizeConfig(TrialsConfig):
     """The quantization / inference axis: how each precision loads, the fixed inference workload, the quality gate."""
 
     device: str = "auto"

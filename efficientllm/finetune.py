@@ -34,6 +34,7 @@ from torch import nn
 
 from efficientllm.atomic import atomic_dir
 from efficientllm.checkpoint import (
+    RUN_KNOBS,
     CellGuard,
     Checkpointer,
     TrainingDiverged,
@@ -383,7 +384,7 @@ def _trajectory_key(method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConf
     """What determines a fine-tuning run's state after each step: params (less the reliability knobs), the SFT
     data, the base weights and the training code."""
     train = {k: v for k, v in dataclasses.asdict(cfg).items()
-             if k not in ("checkpoint_every_steps", "timeout_s", "memory_limit_mb")}
+             if k not in RUN_KNOBS}
     data = {p.name: file_digest(p) for p in sorted(Path(data_dir).glob("*.jsonl"))}
     base = Path(cfg.base_model)
     base_files = {p.name: file_digest(p) for p in sorted(base.glob("*")) if p.is_file()} if base.is_dir() else {}

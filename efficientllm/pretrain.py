@@ -24,7 +24,15 @@ from typing import Any
 import torch
 
 from efficientllm.atomic import atomic_dir
-from efficientllm.checkpoint import CellGuard, Checkpointer, TrainingDiverged, cell_key, code_digest, file_digest
+from efficientllm.checkpoint import (
+    RUN_KNOBS,
+    CellGuard,
+    Checkpointer,
+    TrainingDiverged,
+    cell_key,
+    code_digest,
+    file_digest,
+)
 from efficientllm.config import ConfigError, MeasureConfig, ModelConfig, PretrainConfig
 from efficientllm.data import iterate_batches, load_blocks, load_stats
 from efficientllm.distributed import (
@@ -164,7 +172,7 @@ def evaluate_perplexity(model: torch.nn.Module, val_blocks: Any, batch_size: int
 def _trajectory_key(slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: PretrainConfig, data_dir: Path) -> str:
     """What determines a pretraining run's state after each step: params (less the reliability knobs), data, code."""
     train = {k: v for k, v in dataclasses.asdict(cfg).items()
-             if k not in ("checkpoint_every_steps", "timeout_s", "memory_limit_mb")}
+             if k not in RUN_KNOBS}
     stats = load_stats(data_dir)  # prepare records the digests; hash the files only when it did not
     data = {name: stats.get(f"{name.replace('.', '_')}_sha256") or file_digest(Path(data_dir) / name)
             for name in ("train.npy", "val.npy")}

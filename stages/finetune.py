@@ -17,10 +17,21 @@ last checkpoint in .cache/checkpoints/finetune/<cell>/ on the next run (removed 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from stages import PARAMS_FILE, run
-from stages.cells import failed_row, write_curve, write_failure_marker
+from stages.cells import (
+    add_trial_argument,
+    clear_trials,
+    failed_row,
+    for_trial,
+    run_trials,
+    trial_dir,
+    trial_name,
+    write_curve,
+    write_failure_marker,
+)
 
 DATA_ROOT = Path("data/sft")
 MODEL_ROOT = Path("models/finetune")
@@ -32,13 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", required=True, help="method slug (efficientllm.techniques.METHODS)")
     ap.add_argument("--dataset", required=True, help="dataset slug from sft.datasets")
     ap.add_argument("--params", default=PARAMS_FILE)
+    add_trial_argument(ap)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
 
     from efficientllm.config import load_section, read_params
 
     params = read_params(args.params)
     sft = load_section(args.params, "sft", params)
-    cfg = load_section(args.params, "finetune", params)
+    repeats = load_section(args.params, "finetune", params)
+    cfg = for_trial(repeats, args.trial, "finetune")  # trial k > 0: seed + k with trial_seeds: vary
     measure = load_section(args.params, "measure", params)
     method, dataset = args.method, args.dataset
     data_dir = DATA_ROOT / dataset
@@ -51,10 +65,15 @@ def main(argv: list[str] | None = None) -> int:
 
     check_cell(method, sft, cfg)  # bad params fail here, before anything is written
     cell = f"{method}-{dataset}"
-    model_dir, result_dir = MODEL_ROOT / cell, RESULT_ROOT / cell
-    checkpoint_dir = CHECKPOINT_ROOT / "finetune" / cell
+    # trial 0 writes the adapter and merged model; later trials only their rows (the weights are trial 0's to use)
+    model_dir = MODEL_ROOT / cell if args.trial == 0 else None
+    result_dir = trial_dir(RESULT_ROOT / cell, args.trial)
+    checkpoint_dir = CHECKPOINT_ROOT / "finetune" / trial_name(cell, args.trial)
+    if args.trial == 0:
+        clear_trials(RESULT_ROOT / cell)
     common = dict(axis="finetune", stage="finetune", cell=cell, technique=method, dataset=dataset,
-                  model=cfg.base_model, seed=cfg.seed, batch_size=cfg.batch_size, seq_len=sft.max_seq_len)
+                  model=cfg.base_model, seed=cfg.seed, trial=args.trial, batch_size=cfg.batch_size,
+                  seq_len=sft.max_seq_len)
     try:
         outcome = finetune_cell(method=method, dataset=dataset, sft=sft, cfg=cfg, measure=measure,
                                 data_dir=data_dir, out_dir=model_dir, checkpoint_dir=checkpoint_dir)
@@ -63,22 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # skipped (the device cannot run it) or failed while running: record it as data
         status = "skipped" if isinstance(e, CellSkipped) else "failed"
         row = failed_row(e, status=status, **common, extra={"method": method})
-        for sub in ("adapter", "merged"):
+        for sub in ("adapter", "merged") if model_dir is not None else ():
             write_failure_marker(model_dir / sub, row)
         write_curve(result_dir / "loss.csv", [])
         write_row(result_dir / "row.json", row)
         discard(checkpoint_dir)
         print(f"finetune@{cell}: {status.upper()}: {row['error'].splitlines()[0]}")
-        return 0
+        return run_trials("stages.finetune", argv, RESULT_ROOT / cell, repeats, f"finetune@{cell}") \
+            if args.trial == 0 else 0
+    outcome.row["trial"] = args.trial
     write_curve(result_dir / "loss.csv", outcome.loss_curve)
     write_row(result_dir / "row.json", outcome.row)
     discard(checkpoint_dir)
     r, x = outcome.row, outcome.row["extra"]
     em = f" exact_match={x['exact_match']:.3f}" if x.get("exact_match") is not None else ""
-    print(f"finetune@{cell}: eval_loss={r['eval_loss']:.4f} (from {x['eval_loss_initial']:.4f}){em} "
+    label = f"finetune@{cell}" + (f" trial {args.trial}" if args.trial else "")
+    print(f"{label}: eval_loss={r['eval_loss']:.4f} (from {x['eval_loss_initial']:.4f}){em} "
           f"trainable={r['n_trainable_params']}/{r['n_params']} al_s={r['al_s']:.4f} "
           f"st={r['st_samples_per_param_s']:.3g} peak_mem={r['peak_mem_bytes'] / 2**20:.0f}MiB "
           f"adapter={x.get('adapter_size_bytes', 0) / 1024:.0f}KiB duration={r['duration_s']:.1f}s")
+    if args.trial == 0:
+        return run_trials("stages.finetune", argv, RESULT_ROOT / cell, repeats, f"finetune@{cell}")
     return 0
 
 

@@ -23,26 +23,40 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 from stages import PARAMS_FILE, run
-from stages.cells import failed_row, write_curve, write_failure_marker
+from stages.cells import (
+    add_trial_argument,
+    clear_trials,
+    failed_row,
+    for_trial,
+    run_trials,
+    trial_dir,
+    trial_name,
+    write_curve,
+    write_failure_marker,
+)
 
 DATA_DIR = Path("data/prepared")
+STAGE_LAUNCH_ENV = "EFFICIENTLLM_STAGE_LAUNCHED_RANKS"
+"""Set for the ranks the stage starts itself; an outside launcher's ranks lack it (they cannot run trials)."""
 TORCHRUN_TAIL_LINES = 60  # output lines of a failed torchrun group kept in its row's error
 
 
-def _record_failure(e: BaseException, slug: str, cfg, recipe: dict, model_dir: Path, result_dir: Path,
-                    device_count: int) -> None:
+def _record_failure(e: BaseException, slug: str, cfg, recipe: dict, model_dir: Path | None, result_dir: Path,
+                    device_count: int, trial: int = 0) -> None:
     from efficientllm.records import write_row
 
-    row = failed_row(e, axis="pretrain", stage="pretrain", cell=slug, technique=slug,
+    row = failed_row(e, axis="pretrain", stage="pretrain", cell=slug, technique=slug, trial=trial,
                      seed=cfg.seed, batch_size=cfg.batch_size, device_count=device_count,
                      extra={"recipe": recipe})
-    write_failure_marker(model_dir, row)
+    if model_dir is not None:  # trial 0 owns the model folder; later trials keep no model
+        write_failure_marker(model_dir, row)
     write_curve(result_dir / "loss.csv", [])
     write_row(result_dir / "row.json", row)
     print(f"pretrain@{slug}: FAILED: {row['error'].splitlines()[0]}")
@@ -62,7 +76,8 @@ def _launch_torchrun(args: argparse.Namespace, cfg, recipe: dict, model_dir: Pat
         raise ValueError(f"[pretrain] nproc_per_node={n} but {torch.cuda.device_count()} GPU(s) are visible")
     row_path = result_dir / "row.json"
     row_path.unlink(missing_ok=True)  # a row left by an earlier run must not pass for this one's
-    cmd = torchrun_command("stages.pretrain", ["--variant", args.variant, "--params", args.params], n)
+    stage_args = ["--variant", args.variant, "--params", args.params, "--trial", str(args.trial)]
+    cmd = torchrun_command("stages.pretrain", stage_args, n)
     print(f"pretrain@{args.variant}: {shlex.join(cmd)}", flush=True)
     tail: collections.deque[str] = collections.deque(maxlen=TORCHRUN_TAIL_LINES)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
@@ -74,7 +89,7 @@ def _launch_torchrun(args: argparse.Namespace, cfg, recipe: dict, model_dir: Pat
         return 0
     error = RuntimeError(f"torchrun with {n} processes exited {proc.returncode} without a row; last output:\n"
                          + "".join(tail))
-    _record_failure(error, args.variant, cfg, recipe, model_dir, result_dir, device_count=n)
+    _record_failure(error, args.variant, cfg, recipe, model_dir, result_dir, device_count=n, trial=args.trial)
     return 0
 
 
@@ -82,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="stages.pretrain", description=__doc__)
     ap.add_argument("--variant", required=True, help="recipe slug from the [variants] section")
     ap.add_argument("--params", default=PARAMS_FILE)
+    add_trial_argument(ap)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
 
     from efficientllm.config import ConfigError, load_section, load_variant, read_params
@@ -90,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     slug = args.variant
     recipe = load_variant(args.params, slug, params)
     base = load_section(args.params, "model", params)
-    cfg = load_section(args.params, "pretrain", params)
+    repeats = load_section(args.params, "pretrain", params)
+    cfg = for_trial(repeats, args.trial, "pretrain")  # trial k > 0: seed + k with trial_seeds: vary
     measure = load_section(args.params, "measure", params)
     if not (DATA_DIR / "train.npy").exists():
         raise FileNotFoundError(f"prepared corpus missing: {DATA_DIR}/train.npy (run `dvc repro prepare`)")
@@ -100,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     from efficientllm.pretrain import model_config, pretrain_cell
     from efficientllm.records import write_row
 
-    model_dir = Path("models/pretrain") / slug
-    result_dir = Path("results/pretrain") / slug
-    checkpoint_dir = CHECKPOINT_ROOT / "pretrain" / slug
+    model_dir = Path("models/pretrain") / slug if args.trial == 0 else None  # later trials keep no model
+    cell_dir = Path("results/pretrain") / slug
+    result_dir = trial_dir(cell_dir, args.trial)
+    checkpoint_dir = CHECKPOINT_ROOT / "pretrain" / trial_name(slug, args.trial)
     # Bad recipes fail here, before anything is written.
     from transformers import AutoTokenizer
 
@@ -110,8 +129,16 @@ def main(argv: list[str] | None = None) -> int:
 
     block_len = int(load_blocks(DATA_DIR / "train.npy").shape[1])
     model_config(slug, base, recipe, AutoTokenizer.from_pretrained(DATA_DIR / "tokenizer"), block_len)
+    if repeats.trials > 1 and under_torchrun() and os.environ.get(STAGE_LAUNCH_ENV) != "1":
+        raise ConfigError("[pretrain] trials > 1 needs the stage to start its own processes (nproc_per_node), "
+                          "not an outside launcher: the launching process runs the trials after trial 0")
+    if args.trial == 0 and not under_torchrun():
+        clear_trials(cell_dir)
     if cfg.nproc_per_node > 1 and not under_torchrun():
-        return _launch_torchrun(args, cfg, recipe, model_dir, result_dir)
+        os.environ[STAGE_LAUNCH_ENV] = "1"  # the ranks know this stage started them (see the check above)
+        code = _launch_torchrun(args, cfg, recipe, model_dir, result_dir)
+        return run_trials("stages.pretrain", argv, cell_dir, repeats, f"pretrain@{slug}") \
+            if code == 0 and args.trial == 0 else code
     dist = init_distributed(cfg.device) if under_torchrun() else None
     if dist is not None:
         micro_batching(cfg.batch_size, dist.world_size, cfg.micro_batch_size)  # a world that splits the batch
@@ -122,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except Exception as e:  # the cell failed while running: record it as data
         if dist is None or dist.is_main:
-            _record_failure(e, slug, cfg, recipe, model_dir, result_dir, dist.world_size if dist else 1)
+            _record_failure(e, slug, cfg, recipe, model_dir, result_dir, dist.world_size if dist else 1, args.trial)
             discard(checkpoint_dir)
+        if dist is None and args.trial == 0:
+            return run_trials("stages.pretrain", argv, cell_dir, repeats, f"pretrain@{slug}")  # the index only
         # A rank that stops while others wait in a collective must take the group down: exiting non-zero
         # makes torchrun end the other ranks (they would otherwise hang until the collective times out).
         return 1 if dist is not None and dist.distributed else 0
@@ -131,13 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         shutdown(dist)
         if not dist.is_main:
             return 0
+    outcome.row["trial"] = args.trial
     write_curve(result_dir / "loss.csv", outcome.loss_curve)
     write_row(result_dir / "row.json", outcome.row)
     discard(checkpoint_dir)
     r = outcome.row
-    print(f"pretrain@{slug}: val_ppl={r['quality_value']:.2f} al_s={r['al_s']:.4f} "
-          f"tokens_per_s={r['tokens_per_s']:.0f} mfu={r['mfu'] or 0:.3f} "
+    print(f"pretrain@{slug}{f' trial {args.trial}' if args.trial else ''}: val_ppl={r['quality_value']:.2f} "
+          f"al_s={r['al_s']:.4f} tokens_per_s={r['tokens_per_s']:.0f} mfu={r['mfu'] or 0:.3f} "
           f"energy_j={r['energy_j']:.1f} ({r['energy_source']})")
+    if args.trial == 0 and dist is None:
+        return run_trials("stages.pretrain", argv, cell_dir, repeats, f"pretrain@{slug}")
     return 0
 
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from stages import PARAMS_FILE, run
-from stages.cells import failed_row
+from stages.cells import add_trial_argument, clear_trials, failed_row, for_trial, run_trials, trial_dir
 
 DATA_DIR = Path("data/prepared")
 RESULTS_DIR = Path("results/quantize")
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--hub-model", help="a slug of quantize_hub.models (hub id + revision)")
     ap.add_argument("--model", help="slug of the --model-dir model in cell names: base | sft")
     ap.add_argument("--params", default=PARAMS_FILE)
+    add_trial_argument(ap)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
 
     from efficientllm.config import SLUG_RE, ConfigError, load_section, read_params
@@ -46,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     params = read_params(args.params)
     # hub cells have a section of their own (same keys + models): a paper-scale workload there never re-runs or
     # breaks the pipeline's own quantize cells
-    cfg = load_section(args.params, "quantize_hub" if args.hub_model is not None else "quantize", params)
+    section = "quantize_hub" if args.hub_model is not None else "quantize"
+    repeats = load_section(args.params, section, params)
+    cfg = for_trial(repeats, args.trial, section)  # trial k > 0: seed + k with trial_seeds: vary
     eval_cfg = load_section(args.params, "eval", params)
     measure = load_section(args.params, "measure", params)
     if args.stage not in eval_cfg.tasks:
@@ -92,8 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     if local_config is not None and local_config.is_file():
         max_pos = json.loads(local_config.read_text()).get("max_position_embeddings")
     check_workload(cfg, max_pos)
-    result_dir = RESULTS_DIR / cell
+    result_dir = trial_dir(RESULTS_DIR / cell, args.trial)
+    if args.trial == 0:
+        clear_trials(RESULTS_DIR / cell)
     label = f"{args.stage}@{cell if args.hub_model is not None else args.precision}"  # the DVC stage name
+    stage_label = label
+    if args.trial:
+        label = f"{label} trial {args.trial}"
     try:
         outcome = quantize_cell(stage=args.stage, cell=cell, precision=args.precision, model_ref=model_ref,
                                 model_name=model_name, revision=revision, cfg=cfg, eval_cfg=eval_cfg, tasks=tasks,
@@ -103,13 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # skipped (the device cannot run it) or failed: recorded as data either way
         status = "skipped" if isinstance(e, PrecisionUnsupported) else "failed"
         row = failed_row(e, axis="quantize", stage=args.stage, cell=cell, status=status, technique=args.precision,
-                         model=model_name, seed=cfg.seed, batch_size=cfg.batch_size, seq_len=cfg.prompt_len,
+                         model=model_name, seed=cfg.seed, trial=args.trial, batch_size=cfg.batch_size,
+                         seq_len=cfg.prompt_len,
                          extra={"precision": args.precision, "model_source": str(model_ref),
                                 "model_revision": revision, "quality_gate_ratio": cfg.quality_gate_ratio})
         atomic_write_text(result_dir / "samples.json", json.dumps({"status": status, "requests": []}) + "\n")
         write_row(result_dir / "row.json", row)
         print(f"{label}: {status.upper()}: {row['error'].splitlines()[0]}")
-        return 0
+        return run_trials("stages.quantize", argv, RESULTS_DIR / cell, repeats, stage_label) if args.trial == 0 else 0
+    outcome.row["trial"] = args.trial
     atomic_write_text(result_dir / "samples.json", json.dumps(outcome.samples) + "\n")
     write_row(result_dir / "row.json", outcome.row)
     r = outcome.row
@@ -117,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
           f"val_ppl={_fmt(r['extra']['val_ppl'])} weight_bytes={r['model_size_bytes']:.0f} "
           f"ttft_p50={_fmt(r['ttft_s_p50'])}s tpot_p50={_fmt(r['tpot_s_p50'])}s it={_fmt(r['it_tokens_per_s'])} tok/s "
           f"energy_j={_fmt(r['energy_j'])} ({r['energy_source']}) in {r['duration_s']:.1f}s")
-    return 0
+    return run_trials("stages.quantize", argv, RESULTS_DIR / cell, repeats, stage_label) if args.trial == 0 else 0
 
 
 def _fmt(value: float | None) -> str:
