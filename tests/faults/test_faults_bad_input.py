@@ -104,6 +104,10 @@ CASES = [
     Case("bad-dtype-choice", "pretrain", PRE, "[pretrain] dtype", {"pretrain": {"dtype": "float8"}}),
     Case("finetune-negative-memory", "finetune", FT, "[finetune] memory_limit_mb",
          {"finetune": {"memory_limit_mb": -5}}),
+    Case("zero-trials", "quantize", [*QZ, "--model-dir", "models/pretrain/mha"], "[quantize] trials",
+         {"quantize": {"trials": 0}}),
+    Case("bad-trial-seeds", "finetune", FT, "[finetune] trial_seeds", {"finetune": {"trial_seeds": "random"}}),
+    Case("trial-out-of-range", "pretrain", [*PRE, "--trial", "2"], "--trial 2: [pretrain] trials=1 allows 0..0"),
     # --- contradictory params
     Case("warmup-not-below-steps", "pretrain", PRE, "[pretrain] measure_warmup_steps",
          {"pretrain": {"measure_warmup_steps": 6, "steps": 6}}),
