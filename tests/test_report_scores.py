@@ -141,6 +141,12 @@ def test_pareto_fronts(con):
     assert front("al_s") == {"gqa", "mha", "mqa"}
     # energy per token: mha 100 W / 1000 tok/s = 0.1 J, mqa 1 / 40 = 0.025 J, gqa none -> both on the front
     assert front("energy_j_per_token") == {"mha", "mqa"}
+    # the error bars of the Pareto plot: 95% CI half-widths of both means (mha: ppl 20, 21, 22 -> sd 1), none for
+    # gqa's single trial
+    ci = dict(con.execute("SELECT cell, quality_ci95 FROM pareto WHERE x_metric = 'al_s'").fetchall())
+    assert ci["mha"] == pytest.approx(T2 / 3 ** 0.5) and ci["gqa"] is None
+    (x_ci,) = con.execute("SELECT x_ci95 FROM pareto WHERE x_metric = 'al_s' AND cell = 'mha'").fetchone()
+    assert x_ci == pytest.approx(T2 * 0.01 / 3 ** 0.5)
 
 
 def test_cost_and_co2_from_the_assumptions(con):

@@ -92,7 +92,10 @@ def _boards(con: duckdb.DuckDBPyConnection, rev: str) -> list[dict[str, Any]]:
 
 def pareto_figure(con: duckdb.DuckDBPyConnection, rev: str, axis: str, stage: str, board: str,
                   path: Path) -> bool:
-    """Quality vs memory / latency / energy, one panel each, the Pareto front marked; False if nothing to draw."""
+    """Quality vs memory / latency / energy, one panel each, the Pareto front marked (with several trials, error
+    bars of the 95% CIs); False if nothing to draw."""
+    from matplotlib.ticker import MaxNLocator
+
     points = tables.records(con, "SELECT * FROM pareto WHERE rev = ? AND stage = ? AND board = ?",
                             [rev, stage, board])
     if not points:
@@ -123,6 +126,10 @@ def pareto_figure(con: duckdb.DuckDBPyConnection, rev: str, axis: str, stage: st
         xs = [p["x_value"] / divisor for p in mine]
         ys = [p["quality"] for p in mine]
         ax.scatter(xs, ys, s=28, color=POINT, zorder=2, label="cell")
+        if any(p["x_ci95"] or p["quality_ci95"] for p in mine):  # several trials: 95% CI of both means
+            ax.errorbar(xs, ys, xerr=[(p["x_ci95"] or 0) / divisor for p in mine],
+                        yerr=[p["quality_ci95"] or 0 for p in mine], fmt="none", ecolor=POINT, alpha=0.5,
+                        elinewidth=1, capsize=2, zorder=1, label="95% CI (trials)")
         front = sorted((p for p in mine if p["on_front"]), key=lambda p: (p["x_value"], p["quality"]))
         ax.plot([p["x_value"] / divisor for p in front], [p["quality"] for p in front], "-o", color=FRONT,
                 markersize=7, zorder=3, label="Pareto front")
@@ -136,6 +143,9 @@ def pareto_figure(con: duckdb.DuckDBPyConnection, rev: str, axis: str, stage: st
         positive = [x for x in xs if x > 0]
         if positive and max(positive) / min(positive) > 30:
             ax.set_xscale("log")
+        else:  # few, plain tick labels: a narrow range (e.g. 400.15-400.35 MiB) must not print as overlapping
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            ax.ticklabel_format(axis="x", style="plain", useOffset=False)
         if not first["quality_higher_is_better"]:
             ax.invert_yaxis()  # better quality is up in every panel
         ax.legend(fontsize=7, loc="best")

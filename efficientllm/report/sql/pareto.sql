@@ -5,22 +5,25 @@
 -- (energy), all lower-is-better. A cell is on the front (on_front) when no other cell of the same board and
 -- quality metric is at least as good on both axes and strictly better on one; two cells at the very same
 -- point are both on it. quality_higher_is_better gives the quality direction (perplexity / loss: false).
+-- quality_ci95 / x_ci95: the 95% CI half-widths of the two means (null with one trial); the front is drawn through
+-- the means.
 --
 --   efficientllm sql "SELECT cell, x_value, quality FROM pareto WHERE x_metric = 'al_s' AND on_front"
 CREATE VIEW pareto AS
 WITH quality AS (
     SELECT rev, axis, stage, board, cell, technique_key, is_baseline, quality_metric, mean AS quality,
-           higher_is_better AS quality_higher_is_better
+           ci95 AS quality_ci95, higher_is_better AS quality_higher_is_better
     FROM scores
     WHERE metric = 'quality'
 ),
 x AS (
-    SELECT rev, stage, board, cell, metric AS x_metric, label AS x_label, unit AS x_unit, mean AS x_value
+    SELECT rev, stage, board, cell, metric AS x_metric, label AS x_label, unit AS x_unit, mean AS x_value,
+           ci95 AS x_ci95
     FROM scores
     WHERE metric IN ('peak_mem_bytes', 'al_s', 'energy_j_per_token')
 ),
 points AS (
-    SELECT q.*, x.x_metric, x.x_label, x.x_unit, x.x_value
+    SELECT q.*, x.x_metric, x.x_label, x.x_unit, x.x_value, x.x_ci95
     FROM quality AS q
     JOIN x USING (rev, stage, board, cell)
 )
