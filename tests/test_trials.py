@@ -23,7 +23,7 @@ FIRST = {"axis": "pretrain", "stage": "pretrain", "cell": "mha", "technique": "m
 
 def _stage_module(where: Path, name: str, body: str) -> str:
     """A stand-in stage: `python -m <name> ... --trial k` runs `body` with `trial` and `out` (its row path)."""
-    (where / f"{name}.py").write_text(textwrap.dedent(f"""
+    (where / f"{name}.py").write_text(textwrap.dedent("""
         import sys
         from pathlib import Path
         trial = int(sys.argv[sys.argv.index("--trial") + 1])
