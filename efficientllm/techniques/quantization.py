@@ -138,8 +138,9 @@ def _from_pretrained(model_ref: str | Path, device: torch.device, revision: str 
 
     synchronize(device)
     t0 = time.perf_counter()
+    # safetensors only, local folder or hub: a pickle checkpoint (pytorch_model.bin) could run code when loaded
     model = AutoModelForCausalLM.from_pretrained(str(model_ref), revision=revision, device_map={"": str(device)},
-                                                 **kwargs)
+                                                 use_safetensors=True, **kwargs)
     synchronize(device)
     model.eval()
     return model, time.perf_counter() - t0

@@ -36,6 +36,22 @@ def test_pickle_weights_are_refused_by_name(tmp_path):
     require_safetensors(tmp_path, "x")  # present: accepted (the loader reads it with safetensors)
 
 
+def test_the_quantize_loader_reads_safetensors_only(tmp_path):
+    """The loader behind every quantize cell (hub models too, which skip the local-folder check) never falls back
+    to a pickle checkpoint."""
+    from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM
+    from efficientllm.techniques.quantization import _from_pretrained
+
+    config = EfficientLMConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)
+    model = EfficientLMForCausalLM(config)
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # the same weights, as a pickle only
+    with pytest.raises(OSError, match="safetensors"):
+        _from_pretrained(tmp_path, torch.device("cpu"), None, dtype=torch.float32)
+
+
 def _trained(seed: int = 0):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
