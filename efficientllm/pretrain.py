@@ -111,9 +111,21 @@ def _lr_lambda(cfg: PretrainConfig):
     return f
 
 
+def decayed(model: torch.nn.Module) -> set[int]:
+    """ids of the parameters AdamW's weight decay applies to: the weight matrices of linear and embedding layers.
+
+    Not by shape: norms and biases are 1-D, but RWKV's time-mix vectors (1, 1, hidden) and Mamba's depthwise conv1d
+    kernels (channels, 1, k) are not, and decaying them pulls the recurrence toward zero; the same rule holds for
+    every family, so the variants train alike.
+    """
+    return {id(m.weight) for m in model.modules()
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) and getattr(m, "weight", None) is not None}
+
+
 def _optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    matrices = decayed(model)
+    decay = [p for p in model.parameters() if p.requires_grad and id(p) in matrices]
+    no_decay = [p for p in model.parameters() if p.requires_grad and id(p) not in matrices]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type == "cuda" and not is_sharded(model)  # sharded (FSDP) parameters: the foreach path
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)

@@ -105,6 +105,20 @@ def test_baseline_builds_at_the_budget(slug: str) -> None:
     assert model.config.vocab_size == VOCAB and family_of(model.config) is variant.family
 
 
+def test_weight_decay_applies_to_linear_and_embedding_matrices_only() -> None:
+    from efficientllm.pretrain import decayed
+
+    for slug, kept in (("rwkv", "time_mix"), ("mamba2", "conv1d")):
+        _, model = build(slug)
+        names = {id(p): n for n, p in model.named_parameters()}
+        skipped = [names[i] for i in set(names) - decayed(model)]
+        assert any(kept in n for n in skipped), (slug, skipped)  # recurrence parameters are not pulled to zero
+        assert all(p.dim() >= 2 for n, p in model.named_parameters() if id(p) in decayed(model))
+    decoder = EfficientLMForCausalLM(EfficientLMConfig(**BASE, **DATA))
+    by_shape = {id(p) for p in decoder.parameters() if p.dim() >= 2}
+    assert decayed(decoder) == by_shape  # the decoder's matrices are all linear / embedding weights
+
+
 def test_depth_width_recipes_in_params_match_the_budget() -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     base = params["model"]
