@@ -253,7 +253,8 @@ class FinetuneConfig(TrialsConfig):
     dtype: str = field(default="auto", metadata=_meta(choices=("auto", "float32", "bfloat16", "float16")))
     """Weights dtype of the base (auto: bfloat16 on a CUDA device that supports it, else float32)."""
     batch_size: int = field(default=4, metadata=_meta(min=1))
-    """Sequences per micro-batch, the same for every method (full fine-tuning included)."""
+    """Sequences per micro-batch, the same for every method (full fine-tuning included). Global: with
+    nproc_per_node > 1 each process takes batch_size / nproc_per_node of every micro-batch."""
     grad_accum_steps: int = field(default=1, metadata=_meta(min=1))
     """Micro-batches per optimizer step (samples per step = batch_size x grad_accum_steps)."""
     steps: int | None = field(default=24, metadata=_meta(min=1))
@@ -290,6 +291,14 @@ class FinetuneConfig(TrialsConfig):
     """QLoRA: quantize the quantization constants too (saves ~0.4 bit per weight)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    nproc_per_node: int = field(default=1, metadata=_meta(min=1))
+    """Training processes (devices) on this machine; > 1 makes the stage launch itself under torchrun (nccl on
+    GPUs, gloo on CPU), with the same optimisation as one process: the batch order, batch_size (global) and
+    grad_accum_steps do not change, the loss is weighted over the processes' response tokens."""
+    parallelism: str = field(default="ddp", metadata=_meta(choices=("ddp", "fsdp")))
+    """With several processes: ddp (a full replica per device: every method, QLoRA included) or fsdp (weights,
+    gradients and optimizer state sharded over devices: full / freeze fine-tuning of models one device cannot
+    hold; QLoRA under fsdp is a skipped row)."""
     measure_warmup_steps: int = field(default=4, metadata=_meta(min=0))
     """Optimizer steps excluded from the measured window (same shapes as the timed steps)."""
     eval_examples: int = field(default=32, metadata=_meta(min=1))
@@ -319,6 +328,10 @@ class FinetuneConfig(TrialsConfig):
             raise ConfigError("[finetune] target_modules: the list is empty")
         if not re.fullmatch(r"pissa(_niter_[1-9][0-9]*)?", self.pissa_init):
             raise ConfigError(f"[finetune] pissa_init: {self.pissa_init!r} is not pissa or pissa_niter_<n>")
+        if self.batch_size % self.nproc_per_node:
+            raise ConfigError(
+                f"[finetune] batch_size={self.batch_size} must be a multiple of nproc_per_node={self.nproc_per_node}"
+            )
 
 
 @dataclass(frozen=True)

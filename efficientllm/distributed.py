@@ -1,9 +1,11 @@
 """Multi-process training: one process per device under torchrun, DDP or FSDP, and one row for all of them.
 
-Why here: the pretraining loop stays one loop. With one process everything below is the identity; under torchrun
-(WORLD_SIZE > 1) each rank trains on its shard of every global batch, so the token budget, the batch order, the
-schedule and the loss are those of a single-process run with the same global batch (DDP averages gradients over
-ranks; a rank's mean loss over an equal share of the tokens averages to the global mean).
+Why here: the pretraining and fine-tuning loops stay one loop each. With one process everything below is the
+identity; under torchrun (WORLD_SIZE > 1) each rank trains on its shard of every global batch, so the token budget,
+the batch order, the schedule and the loss are those of a single-process run with the same global batch (DDP
+averages gradients over ranks; a rank's mean loss over an equal share of the tokens averages to the global mean;
+fine-tuning, whose ranks hold unequal numbers of response tokens, weights each rank's loss by its share, see
+efficientllm.finetune).
 
 How the ranks become one row (`aggregate_windows`): time is rank 0's (its step latencies and window length;
 every step ends in a collective, so rank 0's clock is the group's); throughput is the global tokens over rank
@@ -15,18 +17,24 @@ Backends: nccl on CUDA (a rank's device is cuda:LOCAL_RANK), gloo on the CPU (wh
 `ddp` replicates the model (DistributedDataParallel); `fsdp` shards parameters, gradients and optimizer state
 (FSDP2 `fully_shard`, one unit per decoder block) for the shapes whose replicas do not fit.
 
+A stage with `nproc_per_node > 1` starts its ranks through `launch_ranks` (the same launcher for every stage):
+
     torchrun --standalone --nproc_per_node 2 -m stages.pretrain --variant mha   # what the stage launches itself
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
+import shlex
 import socket
+import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +45,7 @@ from efficientllm.config import ConfigError
 from efficientllm.measure.device import resolve_device
 
 PARALLELISM = ("ddp", "fsdp")
-"""Ways to spread a model over ranks (`pretrain.parallelism`)."""
+"""Ways to spread a model over ranks (`pretrain.parallelism`, `finetune.parallelism`)."""
 
 TORCHRUN_ENV = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
 """Variables torchrun sets in every worker; the stage's launcher checks them to never launch itself twice."""
@@ -59,6 +67,51 @@ def torchrun_command(module: str, args: Sequence[str], nproc_per_node: int) -> l
         raise ValueError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
             "-m", module, *args]
+
+
+TORCHRUN_TAIL_LINES = 60
+"""Output lines of a torchrun group that died without a row, kept in the failed row's error."""
+LAUNCHED_RANKS_ENV = "EFFICIENTLLM_STAGE_LAUNCHED_RANKS"
+"""Set to 1 for the ranks a stage starts itself (`launch_ranks`); an outside launcher's ranks lack it (a stage
+that runs repeated trials after its ranks end needs to be the one that started them)."""
+
+
+def launch_ranks(module: str, argv: Sequence[str], nproc_per_node: int, *, device: str, section: str,
+                 row_path: Path, record_failure: Callable[[BaseException], None], label: str) -> int:
+    """Run stage `module` as `nproc_per_node` ranks on this machine (torchrun) and wait for them; returns 0.
+
+    `argv` is the stage's own command line, passed through unchanged (every flag a stage has, today's and later
+    ones, reaches its ranks). Refused before anything starts, as bad params (ValueError: the stage exits 2): a
+    `device` naming one GPU, and fewer visible GPUs than ranks. Rank 0 writes the row; a row left at `row_path`
+    by an earlier run is removed first so it cannot pass for this one's. A group that ends without a row (a rank
+    killed or out of memory while rank 0 waited in a collective, a crash before rank 0 could record it) gets one
+    from `record_failure`, called with an error holding torchrun's exit code and last output lines.
+    """
+    import torch
+
+    if device.strip().lower().startswith("cuda:"):
+        raise ValueError(f"[{section}] device: {device!r} names one GPU, but nproc_per_node={nproc_per_node}; "
+                         "use cuda or auto")
+    if resolve_device(device).type == "cuda" and torch.cuda.device_count() < nproc_per_node:
+        raise ValueError(f"[{section}] nproc_per_node={nproc_per_node} but {torch.cuda.device_count()} GPU(s) "
+                         "are visible")
+    row_path = Path(row_path)
+    row_path.unlink(missing_ok=True)
+    cmd = torchrun_command(module, list(argv), nproc_per_node)
+    print(f"{label}: {shlex.join(cmd)}", flush=True)
+    tail: collections.deque[str] = collections.deque(maxlen=TORCHRUN_TAIL_LINES)
+    env = {**os.environ, LAUNCHED_RANKS_ENV: "1"}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env=env) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # show the ranks' output as it comes, keep the end for a failed row
+            sys.stdout.write(line)
+            tail.append(line)
+    if row_path.exists():  # rank 0 wrote the row: ok, or failed as recorded by rank 0 itself
+        return 0
+    record_failure(RuntimeError(f"torchrun with {nproc_per_node} processes exited {proc.returncode} without a row; "
+                                "last output:\n" + "".join(tail)))
+    return 0
 
 
 @dataclass(frozen=True)
@@ -136,11 +189,11 @@ def single_process(device: str | torch.device = "auto") -> DistContext:
     return DistContext(rank=0, world_size=1, local_rank=0, device=resolve_device(device), backend=None)
 
 
-def init_distributed(device: str = "auto") -> DistContext:
+def init_distributed(device: str = "auto", section: str = "pretrain") -> DistContext:
     """Join the process group torchrun set up (env://), or return the single-process context outside torchrun.
 
-    On CUDA each rank takes cuda:LOCAL_RANK (nccl); on the CPU all ranks use gloo. `device` is the params value:
-    `cuda:N` is refused under several ranks (each rank's device comes from LOCAL_RANK).
+    On CUDA each rank takes cuda:LOCAL_RANK (nccl); on the CPU all ranks use gloo. `device` is the params value of
+    `section`: `cuda:N` is refused under several ranks (each rank's device comes from LOCAL_RANK).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -148,7 +201,7 @@ def init_distributed(device: str = "auto") -> DistContext:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     spec = str(device).strip().lower()
     if spec.startswith("cuda:"):
-        raise ConfigError(f"[pretrain] device: {device!r} names one GPU, but {world} ranks run; use cuda or auto")
+        raise ConfigError(f"[{section}] device: {device!r} names one GPU, but {world} ranks run; use cuda or auto")
     kind = resolve_device(spec).type
     if kind == "cuda":
         if local_rank >= torch.cuda.device_count():
@@ -171,18 +224,19 @@ def shutdown(ctx: DistContext) -> None:
 # --- batches ----------------------------------------------------------------------------------------------------
 
 
-def micro_batching(batch_size: int, world_size: int, micro_batch_size: int | None) -> tuple[int, int]:
+def micro_batching(batch_size: int, world_size: int, micro_batch_size: int | None,
+                   section: str = "pretrain") -> tuple[int, int]:
     """(sequences per forward on one device, forwards per optimizer step) for a global `batch_size`.
 
     None: one forward per step of batch_size / world_size sequences (no gradient accumulation).
     """
     per_rank, rem = divmod(batch_size, world_size)
     if rem or per_rank == 0:
-        raise ConfigError(f"[pretrain] batch_size={batch_size} must be a multiple of the {world_size} ranks")
+        raise ConfigError(f"[{section}] batch_size={batch_size} must be a multiple of the {world_size} ranks")
     micro = per_rank if micro_batch_size is None else micro_batch_size
     if per_rank % micro:
         raise ConfigError(
-            f"[pretrain] micro_batch_size={micro} must divide batch_size / ranks = {batch_size} / {world_size}"
+            f"[{section}] micro_batch_size={micro} must divide batch_size / ranks = {batch_size} / {world_size}"
         )
     return micro, per_rank // micro
 
@@ -197,15 +251,18 @@ def _may_skip_parameters(model: nn.Module) -> bool:
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, parallelism: str = "ddp",
-               param_dtype: torch.dtype | None = None) -> nn.Module:
+               param_dtype: torch.dtype | None = None, section: str = "pretrain") -> nn.Module:
     """The module to train: `model` itself for one process, a DDP replica, or `model` sharded in place (FSDP).
 
     FSDP: every module whose class is in the model's `_no_split_modules` (transformers' name for its blocks)
     becomes one unit, then the root; `param_dtype` (bf16) is the all-gather / compute dtype, gradients are
-    reduced in fp32. Build the optimizer after this call: FSDP replaces the parameters by sharded ones.
+    reduced in fp32. Build the optimizer after this call: FSDP replaces the parameters by sharded ones. Parameters
+    still on the host are moved to the rank's device unit by unit as they are sharded, so a model loaded on the
+    host never has to fit one device whole. Frozen parameters (PEFT) may share a unit with trainable ones:
+    FSDP2 all-gathers them and reduce-scatters gradients of the trainable ones only.
     """
     if parallelism not in PARALLELISM:
-        raise ConfigError(f"[pretrain] parallelism: {parallelism!r} is not one of {', '.join(PARALLELISM)}")
+        raise ConfigError(f"[{section}] parallelism: {parallelism!r} is not one of {', '.join(PARALLELISM)}")
     if not ctx.distributed:
         return model
     if parallelism == "ddp":

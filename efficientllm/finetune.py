@@ -12,6 +12,17 @@ sources), greedy generation on a few of them gives exact-match accuracy as well.
 Outputs per cell: `<out>/adapter/` (peft format; for `freeze` the trained tensors, for `full` a pointer to
 merged/) and `<out>/merged/` (plain safetensors + tokenizer, the input of the quantization stage).
 
+Several devices (`finetune.nproc_per_node`, efficientllm.distributed): every rank runs `finetune_cell` with the
+same optimisation as one process. `batch_size` is the global micro-batch: each rank trains on its contiguous
+share of every micro-batch of the same batch order, and its loss is its token-summed cross-entropy divided by the
+whole micro-batch's response tokens (times the world size, which the gradient average over ranks divides out), so
+the gradients equal one process's even though ranks hold unequal numbers of response tokens (with lora_dropout > 0
+each rank draws its own dropout masks: the runs then agree in distribution, not bit for bit). DDP keeps a replica
+per device; FSDP shards every decoder block (the base loads on the host and each block moves to its device as it
+is sharded). Eval batches go round-robin to the ranks and the token sums are added; exact match and saving run on
+rank 0 on a plain model (FSDP: the full state dict gathered onto rank 0 and loaded into the model rebuilt as the
+cell built it, adapter included).
+
     python -m stages.finetune --method lora --dataset arith     # the DVC stage that calls `finetune_cell`
 """
 
@@ -45,6 +56,18 @@ from efficientllm.checkpoint import (
 )
 from efficientllm.config import ConfigError, FinetuneConfig, MeasureConfig, SFTConfig
 from efficientllm.data.sft import IGNORE_INDEX, EncodedSFT, encode_examples, extract_output, format_example, load_split
+from efficientllm.distributed import (
+    DistContext,
+    aggregate_windows,
+    full_state_dict,
+    gradient_sync,
+    is_sharded,
+    micro_batching,
+    per_device_summary,
+    single_process,
+    window_payload,
+    wrap_model,
+)
 from efficientllm.measure import (
     MeasurementWindow,
     StepTimer,
@@ -53,7 +76,6 @@ from efficientllm.measure import (
     metrics,
     mfu,
     num_threads,
-    resolve_device,
     synchronize,
 )
 from efficientllm.measure.provenance import provenance
@@ -252,19 +274,36 @@ def batch_order(n: int, batch_size: int, seed: int, n_batches: int) -> list[list
 
 @torch.no_grad()
 def response_loss(model: nn.Module, enc: EncodedSFT, batch_size: int, pad_id: int, seq_len: int,
-                  device: torch.device) -> float:
-    """Mean cross-entropy per response token over the encoded records (prompt and padding excluded)."""
+                  device: torch.device, dist: DistContext | None = None) -> float:
+    """Mean cross-entropy per response token over the encoded records (prompt and padding excluded).
+
+    Under several processes (`dist`) the batches go round-robin to the ranks and the token sums are added up,
+    so every rank gets the same figure. A sharded (FSDP) forward is a collective: every rank then runs as many
+    forwards as the busiest one, idle ones on a batch whose loss they do not count.
+    """
+    dist = dist or single_process(device)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(enc.input_ids), batch_size):
+    starts = list(range(0, len(enc.input_ids), batch_size))
+    mine = starts[dist.rank::dist.world_size]
+    rounds = -(-len(starts) // dist.world_size) if is_sharded(model) else len(mine)
+    for i in range(rounds):
+        start = mine[i] if i < len(mine) else starts[0]
         ids, lab = collate(enc.input_ids[start:start + batch_size], enc.labels[start:start + batch_size],
                            pad_id, seq_len, device)
         logits = model(input_ids=ids, use_cache=False).logits.float()  # (B, T, V)
+        if i >= len(mine):
+            continue
         shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1)
         total += float(nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX,
                                                    reduction="sum"))
         count += int((shift_labels != IGNORE_INDEX).sum())
+    total, count = dist.sum([total, count])
+    if rounds and is_sharded(model):
+        # FSDP leaves the root unit's weights (embeddings, final norm, LM head) gathered after a forward, in place
+        # of their shards: reshard so that an optimizer built next, or a state dict, sees the shards
+        model.reshard()
     model.train(was_training)
     if count == 0:
         raise ValueError("no response tokens in the eval records (raise sft.max_seq_len)")
@@ -394,15 +433,62 @@ def _trajectory_key(method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConf
     return cell_key("finetune", method, dataset, dataclasses.asdict(sft), train, data, base_files, code)
 
 
+def distributed_unsupported(method: str, parallelism: str, world_size: int) -> str | None:
+    """Why `method` cannot train as `world_size` ranks under `parallelism` (None: it can). FSDP cannot shard
+    bitsandbytes' packed 4-bit weights (QLoRA's base); DDP replicates them, and QLoRA runs."""
+    if world_size > 1 and parallelism == "fsdp" and method in BASE_QUANTIZATION:
+        return (f"{method} under finetune.parallelism: fsdp is not supported (FSDP cannot shard bitsandbytes "
+                "4-bit weights); use parallelism: ddp")
+    return None
+
+
+def _rank_loss(out: Any, world_size: int) -> torch.Tensor:
+    """The loss one rank backpropagates. Alone: the model's mean over its response tokens. Under `world_size`
+    ranks the forward got `num_items_in_batch` = the whole micro-batch's response tokens, so `out.loss` is this
+    rank's token sum over all of them; times the world size, the gradient mean over ranks (DDP, FSDP) is the
+    gradient of one process's loss. An auxiliary loss (our MoE balance term, already in `out.loss`) stays each
+    rank's own, whose mean is the single-process term."""
+    if world_size == 1:
+        return out.loss
+    aux = getattr(out, "aux_loss", None)
+    if aux is None:
+        return out.loss * world_size
+    return (out.loss - aux) * world_size + aux
+
+
+def _plain_model(model: nn.Module, dist: DistContext, cfg: FinetuneConfig, method: str,
+                 dtype: torch.dtype) -> nn.Module | None:
+    """Rank 0's trained model as one plain (not distributed) module, for exact match and saving; None elsewhere.
+
+    One process or DDP: the model itself (DDP keeps a whole replica on every rank). FSDP: a collective (every rank
+    calls it) gathers the full state dict onto rank 0's host, where the model is rebuilt as the cell built it (the
+    base from disk, then the method: the same module tree, peft config and adapter names) and the trained weights
+    load into it strictly, adapter tensors included; rebuilding, rather than copying the sharded module's class,
+    keeps peft's wrapper (save_pretrained, merge_and_unload) and PiSSA's residual base.
+    """
+    if not is_sharded(model):
+        return model if dist.is_main else None
+    state = full_state_dict(model, dist)
+    if not dist.is_main:
+        return None
+    plain = METHODS[method](load_base(cfg, method, torch.device("cpu"), dtype), cfg)
+    plain.load_state_dict(state)
+    return plain.to(dist.device)
+
+
 def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConfig, measure: MeasureConfig,
-                  data_dir: Path, out_dir: Path | None, checkpoint_dir: Path | None = None) -> FinetuneOutcome:
+                  data_dir: Path, out_dir: Path | None, checkpoint_dir: Path | None = None,
+                  dist: DistContext | None = None) -> FinetuneOutcome:
     """Fine-tune the base with `method` on the prepared SFT split in `data_dir` and measure it.
 
     Raises CellSkipped when the device cannot run the method, TrainingDiverged on a NaN/inf loss (the stage turns
     both into rows). Writes `<out_dir>/adapter` and `<out_dir>/merged` atomically when out_dir is given.
-    With `checkpoint_dir` and `cfg.checkpoint_every_steps`, saves the trainable weights, optimizer, scheduler and
-    RNG every N steps and resumes from the last checkpoint of the same key (efficientllm.checkpoint); a resumed
-    run's quality columns equal an uninterrupted one's, its timing columns cover the steps it ran itself.
+    With `checkpoint_dir` and `cfg.checkpoint_every_steps` (one process), saves the trainable weights, optimizer,
+    scheduler and RNG every N steps and resumes from the last checkpoint of the same key (efficientllm.checkpoint);
+    a resumed run's quality columns equal an uninterrupted one's, its timing columns cover the steps it ran itself.
+    Under several processes (`dist`, see the module docstring) every rank calls this; rank 0 writes out_dir and
+    its return value holds the row (device_count = ranks, memory and energy summed over devices, extra.per_device).
+    QLoRA under FSDP is CellSkipped (bitsandbytes' 4-bit weights do not shard); under DDP it runs.
     """
     t_cell = time.perf_counter()
     if method not in METHODS:
@@ -410,8 +496,11 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
     marker = Path(cfg.base_model) / FAILED_MARKER
     if marker.exists():  # the upstream cell left a marker instead of weights
         raise RuntimeError(f"the base model's cell failed: {marker.read_text(encoding='utf-8').strip()}")
-    device = resolve_device(cfg.device)
-    reason = unsupported_reason(method, device)
+    dist = dist or single_process(cfg.device)
+    device = dist.device
+    per_rank, _ = micro_batching(cfg.batch_size, dist.world_size, None, section="finetune")
+    sharded = dist.distributed and cfg.parallelism == "fsdp"
+    reason = distributed_unsupported(method, cfg.parallelism, dist.world_size) or unsupported_reason(method, device)
     if reason is not None:
         raise CellSkipped(reason)
     data_dir = Path(data_dir)
@@ -430,39 +519,51 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
     seq_len, pad_id = sft.max_seq_len, tokenizer.pad_token_id
 
     dtype = resolve_dtype(cfg.dtype, device)
-    model = load_base(cfg, method, device, dtype)
+    # FSDP: the base loads on the host; wrap_model moves each block to the device as it shards it
+    model = load_base(cfg, method, torch.device("cpu") if sharded else device, dtype)
     base_counts = parameter_counts(model)
     if cfg.gradient_checkpointing and method != "qlora":  # qlora enables it in prepare_model_for_kbit_training
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same adapter init on every rank
     model = METHODS[method](model, cfg)
     model.train()
     counts = parameter_counts(model)
     flops = training_flops_per_token(model, seq_len)
-    eval_loss_initial = response_loss(model, evals, cfg.batch_size, pad_id, seq_len, device)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     initial_dir = tempfile.TemporaryDirectory(prefix="efficientllm-init-adapter-")
     initial_adapter = None
-    if out_dir is not None and _uses_initial_conversion(model):
+    if out_dir is not None and dist.is_main and _uses_initial_conversion(model):
         initial_adapter = Path(initial_dir.name)
         model.save_pretrained(initial_adapter, safe_serialization=True)
 
+    # DDP replica / FSDP shards (identity for one process); `model` stays the module itself (FSDP: sharded in
+    # place) for evaluation, the optimizer and checkpoints, `train_model` runs the training forwards.
+    train_model = wrap_model(model, dist, cfg.parallelism, section="finetune")
+    eval_loss_initial = response_loss(model, evals, per_rank, pad_id, seq_len, device, dist=dist)
+
     lr = learning_rate(method, cfg)
-    opt = make_optimizer(method, model, cfg)
+    opt = make_optimizer(method, model, cfg)  # after wrapping: FSDP replaced the parameters by shards
     samples_per_step = cfg.batch_size * cfg.grad_accum_steps
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train.input_ids) / samples_per_step))
     warm = min(cfg.measure_warmup_steps, steps - 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, cfg.lr_warmup_steps))
-    peak = measure_peak_flops(device, dtype, n=measure.peak_calibration_n,
-                              cache_path=Path(measure.cache_dir) / "peak_flops.json")
+    peak = None
+    if dist.is_main:  # one calibration: ranks run the same device model, and CPU ranks would contend for cores
+        peak = measure_peak_flops(device, dtype, n=measure.peak_calibration_n,
+                                  cache_path=Path(measure.cache_dir) / "peak_flops.json")
+    peak = dist.broadcast(peak)
+    peak_total = peak["peak_flops_per_s"] * dist.world_size if peak["peak_flops_per_s"] else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     batches = batch_order(len(train.input_ids), cfg.batch_size, cfg.seed, steps * cfg.grad_accum_steps)
+    # Response tokens (shifted targets) of each record: a micro-batch's total weights the ranks' losses.
+    targets = [sum(y != IGNORE_INDEX for y in lab[1:seq_len]) for lab in train.labels]
 
     timer = StepTimer(sync=lambda: synchronize(device))
     window = MeasurementWindow(device, interval_s=measure.sample_interval_s, watts_per_core=measure.cpu_watts_per_core)
     curve: list[dict[str, float]] = []
     ckpt, start = None, 0
-    if checkpoint_dir is not None and cfg.checkpoint_every_steps:
+    if checkpoint_dir is not None and cfg.checkpoint_every_steps and not dist.distributed:
         key = _trajectory_key(method, dataset, sft, cfg, data_dir)
         ckpt = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps, trainable_only=True)
         state = ckpt.load(model, opt, sched)
@@ -478,19 +579,24 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
                 loss_sum = 0.0
                 for micro in range(cfg.grad_accum_steps):
                     idx = batches[step * cfg.grad_accum_steps + micro]
+                    kwargs = {"num_items_in_batch": sum(targets[i] for i in idx)} if dist.distributed else {}
+                    idx = idx[dist.rank * per_rank:(dist.rank + 1) * per_rank]  # this rank's share
                     ids, lab = collate([train.input_ids[i] for i in idx], [train.labels[i] for i in idx],
                                        pad_id, seq_len, device)
                     # Right padding under a causal mask cannot change real positions, so no attention mask is
                     # passed and the kernel takes its fast causal path; padding labels carry no loss.
-                    out = model(input_ids=ids, labels=lab, use_cache=False)
-                    (out.loss / cfg.grad_accum_steps).backward()
-                    loss_sum += float(out.loss.detach())
+                    with gradient_sync(train_model, enabled=micro == cfg.grad_accum_steps - 1):
+                        out = train_model(input_ids=ids, labels=lab, use_cache=False, **kwargs)
+                        loss = _rank_loss(out, dist.world_size)
+                        (loss / cfg.grad_accum_steps).backward()
+                    loss_sum += float(loss.detach())
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-            loss = loss_sum / cfg.grad_accum_steps
+                # the micro-batches' mean loss, the same on every rank (so is the NaN check)
+                loss = dist.mean(torch.tensor(loss_sum / cfg.grad_accum_steps, dtype=torch.float64))
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
             curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
@@ -498,21 +604,25 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
             if ckpt is not None and ckpt.due(step + 1, steps):
                 ckpt.save(step + 1, model, opt, sched, {"curve": curve})
             guard.check(step)
-    win = window.result
+    payloads = dist.gather(window_payload(window.result, dist))
+    win = aggregate_windows(payloads) if payloads else window.result  # rank 0: every device; others: their own
     window_samples_s = timer.samples[window_start - start:]
     window_s = win["window_s"]
     window_samples = samples_per_step * len(window_samples_s)
     window_tokens = window_samples * seq_len
 
-    eval_loss = response_loss(model, evals, cfg.batch_size, pad_id, seq_len, device)
+    eval_loss = response_loss(model, evals, per_rank, pad_id, seq_len, device, dist=dist)
+    # The last collectives (FSDP's state-dict gather) come before rank 0's own work: the other ranks may then end
+    # while rank 0 generates and saves, however long that takes, without a collective timing out.
+    plain = _plain_model(model, dist, cfg, method, dtype)
     em: dict[str, Any] = {"exact_match": None, "exact_match_n": 0}
-    if cfg.gen_eval_examples:
-        em = exact_match(model, tokenizer, eval_records[:cfg.gen_eval_examples], template=train.template,
-                         prompt_template=sft.prompt_template, max_new_tokens=cfg.max_new_tokens, device=device)
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     saved: dict[str, Any] = {}
-    if out_dir is not None:
-        saved = save_cell(model, tokenizer, method, cfg, dtype, Path(out_dir), initial_adapter)
+    if plain is not None:  # rank 0
+        if cfg.gen_eval_examples:
+            em = exact_match(plain, tokenizer, eval_records[:cfg.gen_eval_examples], template=train.template,
+                             prompt_template=sft.prompt_template, max_new_tokens=cfg.max_new_tokens, device=device)
+        if out_dir is not None:
+            saved = save_cell(plain, tokenizer, method, cfg, dtype, Path(out_dir), initial_adapter)
     initial_dir.cleanup()
 
     achieved = flops["training"] * window_tokens / window_s if window_s else None
@@ -531,7 +641,7 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
         "trial": 0,
         "device": str(device),
         "device_name": device_name(device),
-        "device_count": 1,
+        "device_count": dist.world_size,
         "num_threads": num_threads(),
         "dtype": cfg.qlora_quant_type if is_4bit else dtype_name,
         "batch_size": cfg.batch_size,
@@ -545,8 +655,8 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
         **win,
         "flops_per_token": flops["training"],
         "achieved_flops_per_s": achieved,
-        "peak_flops_per_s": peak["peak_flops_per_s"],
-        "mfu": mfu(achieved, peak["peak_flops_per_s"]),
+        "peak_flops_per_s": peak_total,  # summed over devices, like achieved_flops_per_s
+        "mfu": mfu(achieved, peak_total),
         **latency_columns(window_samples_s),  # AL = mean s per optimizer step, p50/p90/p99, raw samples
         "st_samples_per_param_s": metrics.st_samples_per_param_s(window_samples, counts["total"], window_s),
         "tokens_per_s": metrics.tokens_per_s(window_tokens, window_s),
@@ -560,6 +670,11 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
         "extra": {
             "method": method,
             "resumed_from_step": start or None,  # a killed run resumed from its checkpoint after this many steps
+            "checkpointing": ("off: several processes (checkpoint/resume is single-process)"
+                              if cfg.checkpoint_every_steps and dist.distributed else None),
+            "parallelism": cfg.parallelism if dist.distributed else None,
+            "per_device": per_device_summary(payloads) if payloads and dist.distributed else None,
+            "per_device_batch_size": per_rank,
             # every seed the row's numbers depend on: adapter init + dropout + batch order, and the SFT data split
             "seeds": {"finetune": cfg.seed, "sft_split": stats.get("seed", sft.seed)},
             "dataset_source": stats.get("source"),

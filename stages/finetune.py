@@ -11,12 +11,19 @@ base, `finetune.timeout_s` / `finetune.memory_limit_mb` passed) a `status='faile
 and the report go on. An I/O error exits 1. With `finetune.checkpoint_every_steps`, a killed cell resumes from its
 last checkpoint in .cache/checkpoints/finetune/<cell>/ on the next run (removed once the row is written).
 
+Several devices: with `finetune.nproc_per_node: N > 1` the stage re-launches itself as N ranks (torchrun, DDP or
+FSDP: `finetune.parallelism`, see efficientllm/finetune.py) with the same command-line arguments; rank 0 writes
+every output. If the group ends without rank 0 recording it, the launching process writes the failed row from
+torchrun's last output lines. Started under torchrun already (e.g. a multi-node launch), the stage runs as one of
+its ranks and launches nothing. Checkpoint/resume is single-process only.
+
     python -m stages.finetune --method lora --dataset arith
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -47,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
 
-    from efficientllm.config import load_section, read_params
+    from efficientllm.config import ConfigError, load_section, read_params
 
     params = read_params(args.params)
     sft = load_section(args.params, "sft", params)
@@ -60,7 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"SFT data missing: {data_dir}/train.jsonl (run `dvc repro prepare_sft@{dataset}`)")
 
     from efficientllm.checkpoint import CHECKPOINT_ROOT, discard
-    from efficientllm.finetune import CellSkipped, check_cell, finetune_cell
+    from efficientllm.distributed import (
+        LAUNCHED_RANKS_ENV,
+        init_distributed,
+        launch_ranks,
+        micro_batching,
+        shutdown,
+        under_torchrun,
+    )
+    from efficientllm.finetune import CellSkipped, check_cell, distributed_unsupported, finetune_cell
     from efficientllm.records import write_row
 
     check_cell(method, sft, cfg)  # bad params fail here, before anything is written
@@ -69,27 +84,58 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = MODEL_ROOT / cell if args.trial == 0 else None
     result_dir = trial_dir(RESULT_ROOT / cell, args.trial)
     checkpoint_dir = CHECKPOINT_ROOT / "finetune" / trial_name(cell, args.trial)
-    if args.trial == 0:
+    if repeats.trials > 1 and under_torchrun() and os.environ.get(LAUNCHED_RANKS_ENV) != "1":
+        raise ConfigError("[finetune] trials > 1 needs the stage to start its own processes (nproc_per_node), "
+                          "not an outside launcher: the launching process runs the trials after trial 0")
+    if args.trial == 0 and not under_torchrun():
         clear_trials(RESULT_ROOT / cell)
     common = dict(axis="finetune", stage="finetune", cell=cell, technique=method, dataset=dataset,
                   model=cfg.base_model, seed=cfg.seed, trial=args.trial, batch_size=cfg.batch_size,
                   seq_len=sft.max_seq_len)
-    try:
-        outcome = finetune_cell(method=method, dataset=dataset, sft=sft, cfg=cfg, measure=measure,
-                                data_dir=data_dir, out_dir=model_dir, checkpoint_dir=checkpoint_dir)
-    except OSError:
-        raise
-    except Exception as e:  # skipped (the device cannot run it) or failed while running: record it as data
+
+    def record(e: BaseException, device_count: int) -> None:
+        """A skipped (the device cannot run it) or failed row, failure markers in place of the model, no curve."""
         status = "skipped" if isinstance(e, CellSkipped) else "failed"
-        row = failed_row(e, status=status, **common, extra={"method": method})
+        row = failed_row(e, status=status, **common, device_count=device_count, extra={"method": method})
         for sub in ("adapter", "merged") if model_dir is not None else ():
             write_failure_marker(model_dir / sub, row)
         write_curve(result_dir / "loss.csv", [])
         write_row(result_dir / "row.json", row)
-        discard(checkpoint_dir)
         print(f"finetune@{cell}: {status.upper()}: {row['error'].splitlines()[0]}")
+
+    if cfg.nproc_per_node > 1 and not under_torchrun():
+        reason = distributed_unsupported(method, cfg.parallelism, cfg.nproc_per_node)
+        if reason is not None:  # known before any rank starts: no group to launch for a skipped row
+            record(CellSkipped(reason), cfg.nproc_per_node)
+            code = 0
+        else:
+            code = launch_ranks(  # the ranks get LAUNCHED_RANKS_ENV: this stage started them (see the check above)
+                "stages.finetune", argv, cfg.nproc_per_node, device=cfg.device, section="finetune",
+                row_path=result_dir / "row.json", label=f"finetune@{cell}",
+                record_failure=lambda e: record(e, cfg.nproc_per_node))
         return run_trials("stages.finetune", argv, RESULT_ROOT / cell, repeats, f"finetune@{cell}") \
-            if args.trial == 0 else 0
+            if code == 0 and args.trial == 0 else code
+    dist = init_distributed(cfg.device, section="finetune") if under_torchrun() else None
+    if dist is not None:  # an outside launcher's world must split the batch too
+        micro_batching(cfg.batch_size, dist.world_size, None, section="finetune")
+    try:
+        outcome = finetune_cell(method=method, dataset=dataset, sft=sft, cfg=cfg, measure=measure,
+                                data_dir=data_dir, out_dir=model_dir, checkpoint_dir=checkpoint_dir, dist=dist)
+    except OSError:
+        raise
+    except Exception as e:  # skipped or failed while running: record it as data
+        if dist is None or dist.is_main:
+            record(e, dist.world_size if dist else 1)
+            discard(checkpoint_dir)
+        if dist is None and args.trial == 0:
+            return run_trials("stages.finetune", argv, RESULT_ROOT / cell, repeats, f"finetune@{cell}")
+        # A rank that stops while others wait in a collective must take the group down: exiting non-zero
+        # makes torchrun end the other ranks (they would otherwise hang until the collective times out).
+        return 1 if dist is not None and dist.distributed else 0
+    if dist is not None:
+        shutdown(dist)
+        if not dist.is_main:
+            return 0
     outcome.row["trial"] = args.trial
     write_curve(result_dir / "loss.csv", outcome.loss_curve)
     write_row(result_dir / "row.json", outcome.row)
@@ -101,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
           f"trainable={r['n_trainable_params']}/{r['n_params']} al_s={r['al_s']:.4f} "
           f"st={r['st_samples_per_param_s']:.3g} peak_mem={r['peak_mem_bytes'] / 2**20:.0f}MiB "
           f"adapter={x.get('adapter_size_bytes', 0) / 1024:.0f}KiB duration={r['duration_s']:.1f}s")
-    if args.trial == 0:
+    if args.trial == 0 and dist is None:
         return run_trials("stages.finetune", argv, RESULT_ROOT / cell, repeats, f"finetune@{cell}")
     return 0
 

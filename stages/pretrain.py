@@ -22,10 +22,7 @@ already (WORLD_SIZE set, e.g. a multi-node launch), the stage runs as one of its
 from __future__ import annotations
 
 import argparse
-import collections
 import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -43,9 +40,6 @@ from stages.cells import (
 )
 
 DATA_DIR = Path("data/prepared")
-STAGE_LAUNCH_ENV = "EFFICIENTLLM_STAGE_LAUNCHED_RANKS"
-"""Set for the ranks the stage starts itself; an outside launcher's ranks lack it (they cannot run trials)."""
-TORCHRUN_TAIL_LINES = 60  # output lines of a failed torchrun group kept in its row's error
 
 
 def _record_failure(e: BaseException, slug: str, cfg, recipe: dict, model_dir: Path | None, result_dir: Path,
@@ -60,37 +54,6 @@ def _record_failure(e: BaseException, slug: str, cfg, recipe: dict, model_dir: P
     write_curve(result_dir / "loss.csv", [])
     write_row(result_dir / "row.json", row)
     print(f"pretrain@{slug}: FAILED: {row['error'].splitlines()[0]}")
-
-
-def _launch_torchrun(args: argparse.Namespace, cfg, recipe: dict, model_dir: Path, result_dir: Path) -> int:
-    """Run this stage as `cfg.nproc_per_node` ranks; a group that dies without a row gets a failed row here."""
-    import torch
-
-    from efficientllm.distributed import torchrun_command
-    from efficientllm.measure import resolve_device
-
-    n = cfg.nproc_per_node
-    if cfg.device.strip().lower().startswith("cuda:"):
-        raise ValueError(f"[pretrain] device: {cfg.device!r} names one GPU, but nproc_per_node={n}; use cuda or auto")
-    if resolve_device(cfg.device).type == "cuda" and torch.cuda.device_count() < n:
-        raise ValueError(f"[pretrain] nproc_per_node={n} but {torch.cuda.device_count()} GPU(s) are visible")
-    row_path = result_dir / "row.json"
-    row_path.unlink(missing_ok=True)  # a row left by an earlier run must not pass for this one's
-    stage_args = ["--variant", args.variant, "--params", args.params, "--trial", str(args.trial)]
-    cmd = torchrun_command("stages.pretrain", stage_args, n)
-    print(f"pretrain@{args.variant}: {shlex.join(cmd)}", flush=True)
-    tail: collections.deque[str] = collections.deque(maxlen=TORCHRUN_TAIL_LINES)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # show the ranks' output as it comes, keep the end for a failed row
-            sys.stdout.write(line)
-            tail.append(line)
-    if row_path.exists():  # rank 0 wrote the row: ok, or failed as recorded by rank 0 itself
-        return 0
-    error = RuntimeError(f"torchrun with {n} processes exited {proc.returncode} without a row; last output:\n"
-                         + "".join(tail))
-    _record_failure(error, args.variant, cfg, recipe, model_dir, result_dir, device_count=n, trial=args.trial)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"prepared corpus missing: {DATA_DIR}/train.npy (run `dvc repro prepare`)")
 
     from efficientllm.checkpoint import CHECKPOINT_ROOT, discard
-    from efficientllm.distributed import init_distributed, micro_batching, shutdown, under_torchrun
+    from efficientllm.distributed import (
+        LAUNCHED_RANKS_ENV,
+        init_distributed,
+        launch_ranks,
+        micro_batching,
+        shutdown,
+        under_torchrun,
+    )
     from efficientllm.pretrain import model_config, pretrain_cell
     from efficientllm.records import write_row
 
@@ -129,14 +99,17 @@ def main(argv: list[str] | None = None) -> int:
 
     block_len = int(load_blocks(DATA_DIR / "train.npy").shape[1])
     model_config(slug, base, recipe, AutoTokenizer.from_pretrained(DATA_DIR / "tokenizer"), block_len)
-    if repeats.trials > 1 and under_torchrun() and os.environ.get(STAGE_LAUNCH_ENV) != "1":
+    if repeats.trials > 1 and under_torchrun() and os.environ.get(LAUNCHED_RANKS_ENV) != "1":
         raise ConfigError("[pretrain] trials > 1 needs the stage to start its own processes (nproc_per_node), "
                           "not an outside launcher: the launching process runs the trials after trial 0")
     if args.trial == 0 and not under_torchrun():
         clear_trials(cell_dir)
     if cfg.nproc_per_node > 1 and not under_torchrun():
-        os.environ[STAGE_LAUNCH_ENV] = "1"  # the ranks know this stage started them (see the check above)
-        code = _launch_torchrun(args, cfg, recipe, model_dir, result_dir)
+        code = launch_ranks(  # the ranks get LAUNCHED_RANKS_ENV: this stage started them (see the check above)
+            "stages.pretrain", argv, cfg.nproc_per_node, device=cfg.device, section="pretrain",
+            row_path=result_dir / "row.json", label=f"pretrain@{slug}",
+            record_failure=lambda e: _record_failure(e, slug, cfg, recipe, model_dir, result_dir,
+                                                     device_count=cfg.nproc_per_node, trial=args.trial))
         return run_trials("stages.pretrain", argv, cell_dir, repeats, f"pretrain@{slug}") \
             if code == 0 and args.trial == 0 else code
     dist = init_distributed(cfg.device) if under_torchrun() else None
