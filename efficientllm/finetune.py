@@ -679,6 +679,7 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
             "seeds": {"finetune": cfg.seed, "sft_split": stats.get("seed", sft.seed)},
             "dataset_source": stats.get("source"),
             "dataset_label": stats.get("label"),
+            "dataset_commit": stats.get("hub_commit"),  # the hub commit prepare_sft read (hub sources only)
             "base_model": cfg.base_model,
             "base_revision": cfg.base_revision,
             "base_source": cfg.base_source,

@@ -354,6 +354,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
         "duration_s": time.perf_counter() - t_cell,
         "extra": {
             "recipe": recipe,
+            "corpus_commit": load_stats(data_dir).get("hub_commit"),  # hub commit of a streamed corpus (else None)
             # family, architecture fields, non-embedding params, budget sizing, FLOP method, recurrent-state bytes
             **describe_variant(variant, block_len, torch.finfo(compute_dtype).bits // 8),
             "tokens_total": cfg.steps * tokens_per_step,

@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         "text_files": lambda c: {"paths": list(c.source_paths)},
         "fineweb_edu": fineweb_source_kwargs,
     }.get(cfg.source, lambda c: {})(cfg)
+    provenance = {}
+    if cfg.source == "fineweb_edu" and not cfg.source_paths:  # streamed from the hub: record which commit
+        from efficientllm.hub import hub_commit
+
+        provenance["hub_commit"] = hub_commit(cfg.hub_id, cfg.hub_revision, repo_type="dataset")
     stats = build_corpus(
         OUT_DIR,
         source=cfg.source,
@@ -38,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=cfg.seed,
         min_doc_chars=cfg.min_doc_chars,
         max_docs=cfg.max_docs,
+        provenance=provenance,
     )
     print(json.dumps({k: v for k, v in stats.items() if not isinstance(v, dict)}, indent=1))
     return 0

@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         "eval_fraction": sft.eval_fraction,
         "prompt_template": sft.prompt_template,
     }
+    if spec.get("hub_id") and not spec.get("path"):  # read from the hub: which commit it was (None offline)
+        from efficientllm.hub import hub_commit
+
+        stats["hub_commit"] = hub_commit(spec["hub_id"], spec.get("revision"), repo_type="dataset")
     out_dir = OUT_ROOT / args.dataset
     with atomic_dir(out_dir) as tmp:
         (tmp / TRAIN_FILE).write_text(write_jsonl_text(with_prompt(train)), encoding="utf-8")

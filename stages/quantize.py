@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {status.upper()}: {row['error'].splitlines()[0]}")
         return run_trials("stages.quantize", argv, RESULTS_DIR / cell, repeats, stage_label) if args.trial == 0 else 0
     outcome.row["trial"] = args.trial
+    if args.hub_model is not None:  # the commit the hub served (the pin itself, or what an unpinned ref was then)
+        from efficientllm.hub import hub_commit
+
+        outcome.row["extra"]["model_commit"] = hub_commit(str(model_ref), revision)
     atomic_write_text(result_dir / "samples.json", json.dumps(outcome.samples) + "\n")
     write_row(result_dir / "row.json", outcome.row)
     r = outcome.row

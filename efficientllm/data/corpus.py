@@ -98,6 +98,7 @@ def build_corpus(
     seed: int,
     min_doc_chars: int,
     max_docs: int | None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read `source`, split, train the tokenizer on train, pack both splits, write `out_dir`; return the stats.
 
@@ -145,6 +146,7 @@ def build_corpus(
         stats: dict[str, Any] = {
             "source": source,
             "source_kwargs": json.loads(json.dumps(dict(source_kwargs), default=str)),  # Paths as str
+            **dict(provenance or {}),  # e.g. hub_commit: the commit of a hub source that was read
             "documents_train": len(train_docs),
             "documents_val": len(val_docs),
             "chars_train": sum(map(len, train_docs)),
