@@ -112,6 +112,26 @@ def trial_name(name: str, trial: int) -> str:
     return name if trial == 0 else f"{name}~trial-{trial}"
 
 
+def start_trials(repeats: Any, trial: int, cell_dir: Path, section: str) -> None:
+    """Before a cell runs: refuse trials under an outside launcher, and (trial 0 of the launching process) clear the
+    trial rows an earlier run left.
+
+    Ranks this stage started itself carry LAUNCHED_RANKS_ENV; the process that launched them runs trials 1..N-1 once
+    they are done. An outside launcher's ranks (a multi-node torchrun) have nobody to do that, so N > 1 is an error.
+    """
+    import os
+
+    from efficientllm.config import ConfigError
+    from efficientllm.distributed import LAUNCHED_RANKS_ENV, under_torchrun
+
+    if under_torchrun():
+        if repeats.trials > 1 and os.environ.get(LAUNCHED_RANKS_ENV) != "1":
+            raise ConfigError(f"[{section}] trials > 1 needs the stage to start its own processes (nproc_per_node), "
+                              "not an outside launcher: the launching process runs the trials after trial 0")
+    elif trial == 0:
+        clear_trials(cell_dir)
+
+
 def clear_trials(result_dir: Path) -> None:
     """Remove trial rows left by an earlier run (DVC removes outs before a run; a direct run must too), so rows
     of a larger earlier `trials` cannot pass for this run's."""

@@ -23,17 +23,16 @@ its ranks and launches nothing. Checkpoint/resume is single-process only.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from stages import PARAMS_FILE, run
 from stages.cells import (
     add_trial_argument,
-    clear_trials,
     failed_row,
     for_trial,
     run_trials,
+    start_trials,
     trial_dir,
     trial_name,
     write_curve,
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
 
-    from efficientllm.config import ConfigError, load_section, read_params
+    from efficientllm.config import load_section, read_params
 
     params = read_params(args.params)
     sft = load_section(args.params, "sft", params)
@@ -68,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from efficientllm.checkpoint import CHECKPOINT_ROOT, discard
     from efficientllm.distributed import (
-        LAUNCHED_RANKS_ENV,
         init_distributed,
         launch_ranks,
         micro_batching,
@@ -84,11 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = MODEL_ROOT / cell if args.trial == 0 else None
     result_dir = trial_dir(RESULT_ROOT / cell, args.trial)
     checkpoint_dir = CHECKPOINT_ROOT / "finetune" / trial_name(cell, args.trial)
-    if repeats.trials > 1 and under_torchrun() and os.environ.get(LAUNCHED_RANKS_ENV) != "1":
-        raise ConfigError("[finetune] trials > 1 needs the stage to start its own processes (nproc_per_node), "
-                          "not an outside launcher: the launching process runs the trials after trial 0")
-    if args.trial == 0 and not under_torchrun():
-        clear_trials(RESULT_ROOT / cell)
+    start_trials(repeats, args.trial, RESULT_ROOT / cell, "finetune")
     common = dict(axis="finetune", stage="finetune", cell=cell, technique=method, dataset=dataset,
                   model=cfg.base_model, seed=cfg.seed, trial=args.trial, batch_size=cfg.batch_size,
                   seq_len=sft.max_seq_len)
@@ -109,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             record(CellSkipped(reason), cfg.nproc_per_node)
             code = 0
         else:
-            code = launch_ranks(  # the ranks get LAUNCHED_RANKS_ENV: this stage started them (see the check above)
+            code = launch_ranks(  # the ranks get LAUNCHED_RANKS_ENV (see stages.cells.start_trials)
                 "stages.finetune", argv, cfg.nproc_per_node, device=cfg.device, section="finetune",
                 row_path=result_dir / "row.json", label=f"finetune@{cell}",
                 record_failure=lambda e: record(e, cfg.nproc_per_node))

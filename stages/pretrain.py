@@ -22,17 +22,16 @@ already (WORLD_SIZE set, e.g. a multi-node launch), the stage runs as one of its
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from stages import PARAMS_FILE, run
 from stages.cells import (
     add_trial_argument,
-    clear_trials,
     failed_row,
     for_trial,
     run_trials,
+    start_trials,
     trial_dir,
     trial_name,
     write_curve,
@@ -78,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from efficientllm.checkpoint import CHECKPOINT_ROOT, discard
     from efficientllm.distributed import (
-        LAUNCHED_RANKS_ENV,
         init_distributed,
         launch_ranks,
         micro_batching,
@@ -99,13 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
     block_len = int(load_blocks(DATA_DIR / "train.npy").shape[1])
     model_config(slug, base, recipe, AutoTokenizer.from_pretrained(DATA_DIR / "tokenizer"), block_len)
-    if repeats.trials > 1 and under_torchrun() and os.environ.get(LAUNCHED_RANKS_ENV) != "1":
-        raise ConfigError("[pretrain] trials > 1 needs the stage to start its own processes (nproc_per_node), "
-                          "not an outside launcher: the launching process runs the trials after trial 0")
-    if args.trial == 0 and not under_torchrun():
-        clear_trials(cell_dir)
+    start_trials(repeats, args.trial, cell_dir, "pretrain")
     if cfg.nproc_per_node > 1 and not under_torchrun():
-        code = launch_ranks(  # the ranks get LAUNCHED_RANKS_ENV: this stage started them (see the check above)
+        code = launch_ranks(  # the ranks get LAUNCHED_RANKS_ENV (see stages.cells.start_trials)
             "stages.pretrain", argv, cfg.nproc_per_node, device=cfg.device, section="pretrain",
             row_path=result_dir / "row.json", label=f"pretrain@{slug}",
             record_failure=lambda e: _record_failure(e, slug, cfg, recipe, model_dir, result_dir,
