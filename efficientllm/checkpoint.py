@@ -103,8 +103,9 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 class Checkpointer:
     """Save / restore one training cell's state every `every_steps` steps under `root/<key>/step-<n>/`.
 
-    `save` is atomic; `load` returns None when there is no checkpoint for this key. Only a single-process run
-    checkpoints (a sharded run would need every rank's shard; see the README's reliability section).
+    `save` is atomic; `load` returns None when there is no checkpoint for this key. A single process or a DDP
+    group checkpoints (every replica holds the whole state: rank 0 saves it, every rank loads the same folder, so
+    the group needs one machine or a shared filesystem); an FSDP run does not (it would need every rank's shard).
     """
 
     def __init__(self, root: Path, key: str, every_steps: int, *, trainable_only: bool = False):

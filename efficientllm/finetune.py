@@ -563,7 +563,8 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
     window = MeasurementWindow(device, interval_s=measure.sample_interval_s, watts_per_core=measure.cpu_watts_per_core)
     curve: list[dict[str, float]] = []
     ckpt, start = None, 0
-    if checkpoint_dir is not None and cfg.checkpoint_every_steps and not dist.distributed:
+    # One process or DDP (replicas hold the whole state: rank 0 saves it, every rank resumes from it); not FSDP
+    if checkpoint_dir is not None and cfg.checkpoint_every_steps and not is_sharded(model):
         key = _trajectory_key(method, dataset, sft, cfg, data_dir)
         ckpt = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps, trainable_only=True)
         state = ckpt.load(model, opt, sched)
@@ -601,7 +602,7 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
                 raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
             curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
                           "samples": (step + 1) * samples_per_step, "step_s": timer.samples[-1]})
-            if ckpt is not None and ckpt.due(step + 1, steps):
+            if ckpt is not None and dist.is_main and ckpt.due(step + 1, steps):
                 ckpt.save(step + 1, model, opt, sched, {"curve": curve})
             guard.check(step)
     payloads = dist.gather(window_payload(window.result, dist))
@@ -670,8 +671,8 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
         "extra": {
             "method": method,
             "resumed_from_step": start or None,  # a killed run resumed from its checkpoint after this many steps
-            "checkpointing": ("off: several processes (checkpoint/resume is single-process)"
-                              if cfg.checkpoint_every_steps and dist.distributed else None),
+            "checkpointing": ("off: FSDP shards (checkpoint/resume needs one process or DDP)"
+                              if cfg.checkpoint_every_steps and is_sharded(model) else None),
             "parallelism": cfg.parallelism if dist.distributed else None,
             "per_device": per_device_summary(payloads) if payloads and dist.distributed else None,
             "per_device_batch_size": per_rank,

@@ -254,7 +254,9 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
     tokens_per_step = cfg.batch_size * block_len
     ckpt = None
     start = 0
-    if checkpoint_dir is not None and cfg.checkpoint_every_steps and not dist.distributed:
+    # One process or DDP (every replica holds the whole state: rank 0 saves it, every rank resumes from it); FSDP
+    # shards would need every rank's part, so a sharded run does not checkpoint.
+    if checkpoint_dir is not None and cfg.checkpoint_every_steps and not is_sharded(model):
         key = _trajectory_key(slug, base, recipe, cfg, data_dir)
         ckpt = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps)
         state = ckpt.load(model, opt, sched)
@@ -287,7 +289,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
                 raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
             curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
                           "tokens": (step + 1) * tokens_per_step, "step_s": timer.samples[-1]})
-            if ckpt is not None and ckpt.due(step + 1, cfg.steps):
+            if ckpt is not None and dist.is_main and ckpt.due(step + 1, cfg.steps):
                 ckpt.save(step + 1, model, opt, sched, {"curve": curve})
             guard.check(step)
     # MoE routing balance over the whole run (this rank's tokens; None for dense models).

@@ -15,7 +15,7 @@ Several devices: with `finetune.nproc_per_node: N > 1` the stage re-launches its
 FSDP: `finetune.parallelism`, see efficientllm/finetune.py) with the same command-line arguments; rank 0 writes
 every output. If the group ends without rank 0 recording it, the launching process writes the failed row from
 torchrun's last output lines. Started under torchrun already (e.g. a multi-node launch), the stage runs as one of
-its ranks and launches nothing. Checkpoint/resume is single-process only.
+its ranks and launches nothing. Checkpoint/resume works for one process and DDP, not FSDP.
 
     python -m stages.finetune --method lora --dataset arith
 """

@@ -25,10 +25,11 @@ from efficientllm.config import load_section
 STAGE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
              "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
              "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-# 3 optimizer steps of a global micro-batch of 4 (2 per process); exact match on 2 records; no resume checkpoints
+# 3 optimizer steps of a global micro-batch of 4 (2 per process); exact match on 2 records; a resume checkpoint
+# after every step (DDP: rank 0 saves; FSDP: off, and the row says so)
 FINETUNE = {"base_model": "base", "device": "cpu", "steps": 3, "measure_warmup_steps": 1, "lr_warmup_steps": 1,
             "eval_examples": 6, "gen_eval_examples": 2, "max_new_tokens": 6, "batch_size": 4, "lora_r": 4,
-            "lr": 0.01, "full_lr": 0.002, "checkpoint_every_steps": 0}
+            "lr": 0.01, "full_lr": 0.002, "checkpoint_every_steps": 1}
 RUNS = {  # params file -> (method, finetune overrides); the same cell params for the 1- and 2-process runs
     "lora-ddp": ("lora", {"parallelism": "ddp"}),
     "full-fsdp": ("full", {"parallelism": "fsdp", "grad_accum_steps": 2, "gradient_checkpointing": True}),
@@ -92,7 +93,7 @@ def _run_stage(root: Path, method: str, params: str) -> subprocess.CompletedProc
     return p
 
 
-def _stage(root: Path, method: str, params: str) -> tuple[dict, list[dict]]:
+def _stage(root: Path, method: str, params: str) -> tuple[dict, list[dict], str]:
     p = _run_stage(root, method, params)
     assert "torch.distributed.run --standalone --nproc_per_node=2" in p.stdout, p.stdout
     # the ranks got the stage's own arguments, unchanged
@@ -101,7 +102,7 @@ def _stage(root: Path, method: str, params: str) -> tuple[dict, list[dict]]:
     assert sorted(f.name for f in cell.iterdir()) == ["loss.csv", "row.json", "trials"]  # rank 0's, once
     with (cell / "loss.csv").open() as f:
         curve = list(csv.DictReader(f))
-    return json.loads((cell / "row.json").read_text()), curve
+    return json.loads((cell / "row.json").read_text()), curve, p.stdout
 
 
 def _logits(folder: Path, adapter: Path | None = None) -> torch.Tensor:
@@ -145,8 +146,11 @@ def _check_same_as_one_process(row: dict, curve: list[dict], ref, parallelism: s
 @pytest.mark.slow
 def test_lora_ddp_two_processes_match_one_process(ft):
     root, refs = ft
-    row, curve = _stage(root, "lora", "lora-ddp.yaml")
+    row, curve, out = _stage(root, "lora", "lora-ddp.yaml")
     _check_same_as_one_process(row, curve, refs["lora-ddp"], "ddp")
+    assert out.count("checkpoint: ") == 2 and "checkpoint: 2 steps saved" in out  # rank 0 alone, steps 1 and 2
+    assert row["extra"]["checkpointing"] is None
+    assert not list((root / ".cache/checkpoints/finetune").glob("*/*/step-*"))  # ... removed with the row written
     ours, theirs = root / "models/finetune/lora-arith", root / "ref/lora-ddp"
     torch.testing.assert_close(_logits(ours / "merged"), _logits(theirs / "merged"), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(_logits(root / "base", ours / "adapter"), _logits(theirs / "merged"),
@@ -156,9 +160,10 @@ def test_lora_ddp_two_processes_match_one_process(ft):
 @pytest.mark.slow
 def test_full_fsdp_with_accumulation_and_checkpointing_matches_one_process(ft):
     root, refs = ft
-    row, curve = _stage(root, "full", "full-fsdp.yaml")
+    row, curve, out = _stage(root, "full", "full-fsdp.yaml")
     _check_same_as_one_process(row, curve, refs["full-fsdp"], "fsdp")
     assert row["extra"]["grad_accum_steps"] == 2 and row["extra"]["gradient_checkpointing"] is True
+    assert row["extra"]["checkpointing"].startswith("off: FSDP shards") and "checkpoint: " not in out
     # the sharded weights, gathered on rank 0 into a plain model and saved, give the 1-process model's logits
     ours, theirs = root / "models/finetune/full-arith", root / "ref/full-fsdp"
     torch.testing.assert_close(_logits(ours / "merged"), _logits(theirs / "merged"), rtol=1e-4, atol=1e-4)
