@@ -174,8 +174,8 @@ class PretrainConfig(TrialsConfig):
     state sharded over devices: the larger shapes)."""
     checkpoint_every_steps: int = field(default=0, metadata=_meta(min=0))
     """Save a resumable checkpoint (model, optimizer, scheduler, RNG, step) every N optimizer steps to
-    .cache/checkpoints/pretrain/<variant>/; a killed cell resumes from the last one (0: off; one process or DDP: rank 0 saves, every rank resumes;
-    FSDP runs do not checkpoint)."""
+    .cache/checkpoints/pretrain/<variant>/; a killed cell resumes from the last one (0: off). One process or DDP
+    (rank 0 saves, every rank resumes); FSDP runs do not checkpoint."""
     timeout_s: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
     """Wall-clock limit of one cell's training loop in seconds, checked after every step; past it the cell
     becomes a status='failed' row (None: no limit)."""
