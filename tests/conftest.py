@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,3 +88,19 @@ def tiny_repo(tmp_path: Path) -> Path:
     repo = copy_repo(tmp_path / "repo")
     write_params(repo, TINY_OVERRIDES)
     return repo
+
+
+# --- tiny-model helpers shared by the model tests ------------------------------------------------------------------
+
+
+def random_tokens(vocab: int, batch: int, seq: int, seed: int = 1) -> torch.Tensor:
+    """Seeded token ids in [3, vocab): ids 0-2 are pad / bos / eos in the tiny test configs."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (batch, seq), generator=g)
+
+
+def greedy(model, input_ids, attention_mask=None, use_cache=True, new_tokens=8) -> torch.Tensor:
+    """The `new_tokens` ids greedy decoding appends (fixed length: no early eos stop)."""
+    out = model.generate(input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, use_cache=use_cache, pad_token_id=0)
+    return out[:, input_ids.shape[1]:]

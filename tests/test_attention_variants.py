@@ -9,8 +9,11 @@ reference, causality, cached decoding, config errors. Both: FLOP and cache accou
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+from conftest import greedy, random_tokens
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, DynamicCache
 from transformers.models.deepseek_v3.configuration_deepseek_v3 import DeepseekV3Config
@@ -28,6 +31,7 @@ from efficientllm.models import (
 )
 
 VOCAB = 211
+tokens = functools.partial(random_tokens, VOCAB)  # tokens(batch, seq, seed=1)
 MLA = dict(attention="mla", kv_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=12, v_head_dim=10)
 # small blocks so that a few dozen tokens exercise every NSA branch: 8-token compression blocks every 4 tokens,
 # 8-token selection blocks (3 of them per query), a 16-token window
@@ -62,24 +66,6 @@ def tiny_config(**overrides) -> EfficientLMConfig:
 def tiny_model(variant: str, seed: int = 0, **overrides) -> EfficientLMForCausalLM:
     torch.manual_seed(seed)
     return EfficientLMForCausalLM(tiny_config(**{**VARIANTS[variant], **overrides})).eval()
-
-
-def tokens(batch: int, seq: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB, (batch, seq), generator=g)
-
-
-def greedy(model, input_ids, attention_mask=None, use_cache=True, new_tokens=8) -> torch.Tensor:
-    out = model.generate(
-        input_ids,
-        attention_mask=attention_mask,
-        do_sample=False,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        use_cache=use_cache,
-        pad_token_id=0,
-    )
-    return out[:, input_ids.shape[1] :]
 
 
 def causal_mask(q_len: int, k_len: int) -> torch.Tensor:

@@ -8,10 +8,12 @@ load-balancing loss and the expert load statistics. Tiny fp32 models on CPU.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
+from conftest import greedy, random_tokens
 from torch.utils.flop_counter import FlopCounterMode
 
 from efficientllm.models import POSITIONAL, EfficientLMConfig, EfficientLMForCausalLM, count_parameters, flops_per_token
@@ -19,6 +21,8 @@ from efficientllm.models.moe import Expert, MixtureOfExperts, expert_load_summar
 from efficientllm.models.positional import relative_position_bucket
 
 VOCAB = 97
+tokens = functools.partial(random_tokens, VOCAB)  # tokens(batch, seq, seed=1)
+greedy = functools.partial(greedy, new_tokens=6)
 C = 32  # hidden size of the tiny models
 
 
@@ -46,24 +50,6 @@ def tiny_config(**overrides) -> EfficientLMConfig:
 def tiny_model(seed: int = 0, **overrides) -> EfficientLMForCausalLM:
     torch.manual_seed(seed)
     return EfficientLMForCausalLM(tiny_config(**overrides)).eval()
-
-
-def tokens(batch: int, seq: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB, (batch, seq), generator=g)
-
-
-def greedy(model, input_ids, attention_mask=None, use_cache=True, new_tokens=6) -> torch.Tensor:
-    out = model.generate(
-        input_ids,
-        attention_mask=attention_mask,
-        do_sample=False,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        use_cache=use_cache,
-        pad_token_id=0,
-    )
-    return out[:, input_ids.shape[1] :]
 
 
 VARIANTS = [

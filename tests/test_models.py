@@ -7,10 +7,12 @@ Tiny fp32 models on CPU; the whole file runs in a few seconds.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
 import torch
+from conftest import greedy, random_tokens
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -29,6 +31,7 @@ from efficientllm.models import (
 from efficientllm.models.modeling import build_attention_mask
 
 VOCAB = 211
+tokens = functools.partial(random_tokens, VOCAB)  # tokens(batch, seq, seed=1)
 
 
 def tiny_config(**overrides) -> EfficientLMConfig:
@@ -75,11 +78,6 @@ def llama_twin(model: EfficientLMForCausalLM) -> LlamaForCausalLM:
     llama = LlamaForCausalLM(llama_config).eval()
     llama.load_state_dict(model.state_dict(), strict=True)
     return llama
-
-
-def tokens(batch: int, seq: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB, (batch, seq), generator=g)
 
 
 # --- parity with HF Llama -----------------------------------------------------------------------------------------
@@ -186,19 +184,6 @@ def test_save_and_auto_load_round_trip(tmp_path, tie: bool) -> None:
     x = tokens(2, 9)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=0, atol=0)
-
-
-def greedy(model, input_ids, attention_mask=None, use_cache=True, new_tokens=8) -> torch.Tensor:
-    out = model.generate(
-        input_ids,
-        attention_mask=attention_mask,
-        do_sample=False,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,  # fixed length: no early eos stop
-        use_cache=use_cache,
-        pad_token_id=0,
-    )
-    return out[:, input_ids.shape[1] :]
 
 
 def test_generate_with_cache_equals_without() -> None:
