@@ -154,27 +154,12 @@ def _add_source_flags(parser: argparse.ArgumentParser, revs: str = "many") -> No
                         "%(default)s; its defaults when the file or section is missing)")
 
 
-def _assumptions(params_path: str) -> Any:
-    """The cost and CO2 assumptions of `params_path`'s report section (the ReportConfig defaults without one)."""
-    from pathlib import Path
-
-    from efficientllm.config import ReportConfig, load_section, read_params
-    from efficientllm.report import views
-
-    path = Path(params_path)
-    params = read_params(path) if path.is_file() else {}
-    if "report" in params:
-        cfg, source = load_section(path, "report", params), f"{path} `report:`"
-    else:
-        cfg, source = ReportConfig(), "ReportConfig defaults (no `report:` section found)"
-    return views.Assumptions(cfg.usd_per_device_hour, cfg.grid_g_co2_per_kwh, source)
-
-
 def _open_rows(command: str, args: argparse.Namespace, revs: list[str]) -> Any:
     """A read-only report database over the row files (no revs) or the rows at each of `revs`."""
     from efficientllm.report import views
+    from efficientllm.report.views import Assumptions
 
-    assumptions = _assumptions(args.params)
+    assumptions = Assumptions.from_params(args.params)
     if revs:
         from efficientllm.report import revisions
 

@@ -520,6 +520,8 @@ SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "cloze": ClozeConfig,
 }
+FREE_SECTIONS = ("variants",)
+"""Params sections without a dataclass (each recipe is checked by `load_variant` and the model that builds it)."""
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -626,7 +628,7 @@ def read_params(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"params file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"params file {path}: expected a mapping of sections")
-    known = [*SECTIONS, "variants"]
+    known = [*SECTIONS, *FREE_SECTIONS]
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:  # a misspelt section would otherwise be ignored and its defaults used silently
         raise ConfigError(f"params file {path}: unknown section {unknown[0]!r} (known: {', '.join(known)})")

@@ -35,15 +35,13 @@ from typing import Any
 
 import yaml
 
-from efficientllm.config import SECTIONS, ConfigError, parse_section, read_params
+from efficientllm.config import FREE_SECTIONS, SECTIONS, ConfigError, parse_section, read_params
 
 PROFILES_DIR = Path("profiles")
 """Where `efficientllm profile NAME` looks for NAME.yaml (relative to the repository root, where DVC runs)."""
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-./]*$")  # Hydra reads these unquoted as the same string
 _KEYWORDS = {"true", "false", "null", "nan", "inf", "on", "off", "yes", "no"}
 PROFILE_KEYS = ("description", "env", "params", "sizes", "default_size")
-FREE_SECTIONS = ("variants",)
-"""Sections without a dataclass (slug -> recipe mappings); checked by the stages that read them."""
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     from efficientllm.data.fineweb import fineweb_source_kwargs
 
     cfg = load_section(args.params, "prepare")
-    source_kwargs = {
-        "text_files": lambda c: {"paths": list(c.source_paths)},
-        "fineweb_edu": fineweb_source_kwargs,
-    }.get(cfg.source, lambda c: {})(cfg)
+    source_kwargs: dict = {}
+    if cfg.source == "text_files":
+        source_kwargs = {"paths": list(cfg.source_paths)}
+    elif cfg.source == "fineweb_edu":
+        source_kwargs = fineweb_source_kwargs(cfg)
     provenance = {}
     if cfg.source == "fineweb_edu" and not cfg.source_paths:  # streamed from the hub: record which commit
         from efficientllm.hub import hub_commit

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from efficientllm.report.views import Assumptions
 
     cfg = load_section(args.params, "report")
-    assumptions = Assumptions(cfg.usd_per_device_hour, cfg.grid_g_co2_per_kwh, f"{args.params} `report:`")
+    assumptions = Assumptions.from_params(args.params)
     row_files = sorted(RESULTS.rglob("row.json"))  # results/<stage>/<cell>/row.json, or deeper (one folder per trial)
     # Build into a temp dir beside the output, then swap it in: never a half-written reports/.
     with atomic_dir(OUT_DIR) as tmp:

@@ -107,6 +107,20 @@ class Assumptions:
     source: str = "not set"
     """Where the figures came from, shown next to them (e.g. 'params.yaml report:')."""
 
+    @classmethod
+    def from_params(cls, params_path: str | Path) -> Assumptions:
+        """The figures of `params_path`'s `report:` section, labelled with it (the ReportConfig defaults, labelled as
+        such, when the file or the section is missing): the one place the stage and the CLI take them from."""
+        from efficientllm.config import ReportConfig, load_section, read_params
+
+        path = Path(params_path)
+        params = read_params(path) if path.is_file() else {}
+        if "report" in params:
+            cfg, source = load_section(path, "report", params), f"{path} `report:`"
+        else:
+            cfg, source = ReportConfig(), "ReportConfig defaults (no `report:` section found)"
+        return cls(cfg.usd_per_device_hour, cfg.grid_g_co2_per_kwh, source)
+
 
 @dataclass(frozen=True)
 class RevisionRows:
