@@ -253,14 +253,16 @@ def tracker_pass(model: nn.Module, prompts: torch.Tensor, *, max_new_tokens: int
 def kv_cache_bytes_per_token(config: Any, bytes_per_element: float) -> float:
     """KV-cache bytes per token of context per sequence, all layers, at `bytes_per_element`.
 
-    Our EfficientLM configs ask their attention class (MLA caches its latent, not K and V); any other transformers
-    decoder config uses 2 (K and V) x layers x KV heads x head_dim.
+    The model families the pipeline trains (efficientllm.models.baselines) answer for themselves: our decoder asks
+    its attention class (MLA caches its latent, not K and V), Mamba / RWKV cache nothing per token (their recurrent
+    state is per sequence). Any other transformers decoder config (hub models) uses 2 (K and V) x layers x KV heads
+    x head_dim.
     """
-    from efficientllm.models import EfficientLMConfig
-    from efficientllm.models.accounting import kv_cache_bytes_per_token as efficientlm_kv
+    from efficientllm.models.baselines import FAMILIES
+    from efficientllm.models.baselines import kv_cache_bytes_per_token as family_kv
 
-    if isinstance(config, EfficientLMConfig):
-        return float(efficientlm_kv(config, bytes_per_element))
+    if any(f.config_class.model_type == config.model_type for f in FAMILIES.values()):
+        return float(family_kv(config, bytes_per_element))
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

@@ -69,8 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = cfg.models[args.hub_model]
         model_ref, revision, model_name = spec["id"], spec.get("revision"), spec["id"]
         cell = f"{args.hub_model}-{args.precision}"
-        if revision is None:
-            print(f"warning: quantize_hub.models.{args.hub_model} has no pinned revision; the row records null")
+        from efficientllm.hub import hub_commit, is_commit
+
+        if not is_commit(revision):  # resolve a moving reference once, then load exactly that commit
+            commit = hub_commit(model_ref, revision)
+            print(f"warning: quantize_hub.models.{args.hub_model}: revision {revision!r} is not a commit sha; "
+                  + (f"loading the commit it names now, {commit} (recorded in the row)" if commit else
+                     "the hub cannot be asked, so the row records no commit"))
+            revision = commit or revision
     else:
         if not args.model or not SLUG_RE.match(args.model):
             raise ConfigError(f"--model-dir needs --model <slug> (lowercase letters, digits, - _), got {args.model!r}")
@@ -122,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {status.upper()}: {row['error'].splitlines()[0]}")
         return run_trials("stages.quantize", argv, RESULTS_DIR / cell, repeats, stage_label) if args.trial == 0 else 0
     outcome.row["trial"] = args.trial
-    if args.hub_model is not None:  # the commit the hub served (the pin itself, or what an unpinned ref was then)
-        from efficientllm.hub import hub_commit
-
-        outcome.row["extra"]["model_commit"] = hub_commit(str(model_ref), revision)
+    if args.hub_model is not None:  # the commit that was loaded: the pin, or what a moving ref named at load time
+        outcome.row["extra"]["model_commit"] = revision if is_commit(revision) else None
     atomic_write_text(result_dir / "samples.json", json.dumps(outcome.samples) + "\n")
     write_row(result_dir / "row.json", outcome.row)
     r = outcome.row

@@ -112,6 +112,10 @@ def test_kv_cache_bytes_per_token_efficientlm_and_generic_configs():
     assert inf.kv_cache_bytes_per_token(ours, 2) == efficientlm_kv(ours, 2) == 2 * 3 * 2 * 16 * 2
     llama = LlamaConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2)
     assert inf.kv_cache_bytes_per_token(llama, 4) == 2 * 2 * 2 * 16 * 4  # K and V x layers x KV heads x head_dim
+    from transformers import Mamba2Config, RwkvConfig
+
+    for recurrent in (Mamba2Config(num_hidden_layers=2), RwkvConfig(num_hidden_layers=2)):  # no per-token cache
+        assert inf.kv_cache_bytes_per_token(recurrent, 2) == 0
 
 
 def test_max_batch_in_budget_arithmetic():
