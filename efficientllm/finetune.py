@@ -89,6 +89,7 @@ from efficientllm.techniques import (
     make_optimizer,
     unsupported_reason,
 )
+from efficientllm.techniques.quantization import logical_numel, weight_bytes
 
 FAILED_MARKER = "FAILED.json"
 """Written by a failed upstream cell in place of its model (see stages/cells.py)."""
@@ -184,18 +185,11 @@ def load_tokenizer(cfg: FinetuneConfig) -> Any:
 # --- parameter and FLOP accounting ---------------------------------------------------------------------------
 
 
-def _logical_numel(p: torch.Tensor) -> int:
-    """Elements a parameter stands for: a bitsandbytes 4-bit tensor packs two per byte, its quant_state knows."""
-    state = getattr(p, "quant_state", None)
-    shape = getattr(state, "shape", None)
-    return int(math.prod(shape)) if shape is not None else p.numel()
-
-
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """total / trainable parameters (shared tensors once; 4-bit weights counted unpacked), and adapter params."""
     params = {id(p): (n, p) for n, p in model.named_parameters(remove_duplicate=True)}
-    total = sum(_logical_numel(p) for _, p in params.values())
-    trainable = sum(_logical_numel(p) for _, p in params.values() if p.requires_grad)
+    total = sum(logical_numel(p) for _, p in params.values())
+    trainable = sum(logical_numel(p) for _, p in params.values() if p.requires_grad)
     adapter = sum(p.numel() for n, p in params.values() if "lora_" in n)
     return {"total": total, "trainable": trainable, "adapter": adapter}
 
@@ -529,7 +523,7 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
     model.train()
     counts = parameter_counts(model)
     flops = training_flops_per_token(model, seq_len)
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    model_bytes = weight_bytes(model)["total"]  # as held: QLoRA's 4-bit absmax / code constants included
 
     initial_dir = tempfile.TemporaryDirectory(prefix="efficientllm-init-adapter-")
     initial_adapter = None
@@ -577,7 +571,7 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
             if step == window_start:
                 stack.enter_context(window)
             with timer.step():
-                loss_sum = 0.0
+                loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on the device: one sync per step
                 for micro in range(cfg.grad_accum_steps):
                     idx = batches[step * cfg.grad_accum_steps + micro]
                     kwargs = {"num_items_in_batch": sum(targets[i] for i in idx)} if dist.distributed else {}
@@ -590,14 +584,14 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
                         out = train_model(input_ids=ids, labels=lab, use_cache=False, **kwargs)
                         loss = _rank_loss(out, dist.world_size)
                         (loss / cfg.grad_accum_steps).backward()
-                    loss_sum += float(loss.detach())
+                    loss_sum += loss.detach().double()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 # the micro-batches' mean loss, the same on every rank (so is the NaN check)
-                loss = dist.mean(torch.tensor(loss_sum / cfg.grad_accum_steps, dtype=torch.float64))
+                loss = dist.mean(loss_sum / cfg.grad_accum_steps)
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
             curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],

@@ -181,11 +181,12 @@ def evaluate_perplexity(model: torch.nn.Module, val_blocks: Any, batch_size: int
     return mean, math.exp(mean)
 
 
-def _trajectory_key(slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: PretrainConfig, data_dir: Path) -> str:
-    """What determines a pretraining run's state after each step: params (less the reliability knobs), data, code."""
+def _trajectory_key(slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: PretrainConfig, data_dir: Path,
+                    stats: dict[str, Any]) -> str:
+    """What determines a pretraining run's state after each step: params (less the reliability knobs), data, code.
+    `stats` is prepare's stats.json: it records the data digests (the files are hashed only when it did not)."""
     train = {k: v for k, v in dataclasses.asdict(cfg).items()
              if k not in RUN_KNOBS}
-    stats = load_stats(data_dir)  # prepare records the digests; hash the files only when it did not
     data = {name: stats.get(f"{name.replace('.', '_')}_sha256") or file_digest(Path(data_dir) / name)
             for name in ("train.npy", "val.npy")}
     here = Path(__file__).resolve().parent
@@ -219,6 +220,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     train_blocks = load_blocks(data_dir / "train.npy")
     val_blocks = load_blocks(data_dir / "val.npy")
+    stats = load_stats(data_dir)  # prepare's stats.json, read once: data digests, source, split seed, hub commit
     block_len = int(train_blocks.shape[1])
     variant = model_variant(slug, base, recipe, tokenizer, block_len)
     mcfg = variant.config
@@ -257,7 +259,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
     # One process or DDP (every replica holds the whole state: rank 0 saves it, every rank resumes from it); FSDP
     # shards would need every rank's part, so a sharded run does not checkpoint.
     if checkpoint_dir is not None and cfg.checkpoint_every_steps and not is_sharded(model):
-        key = _trajectory_key(slug, base, recipe, cfg, data_dir)
+        key = _trajectory_key(slug, base, recipe, cfg, data_dir, stats)
         ckpt = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps)
         state = ckpt.load(model, opt, sched)
         if state is not None:
@@ -322,7 +324,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
         "cell": slug,
         "technique": slug,
         "model": f"{variant.family.name}-{params['total'] / 1e6:.2f}M",
-        "dataset": load_stats(data_dir).get("source"),
+        "dataset": stats.get("source"),
         "status": "ok",
         "trial": 0,
         "device": str(device),
@@ -356,7 +358,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
         "duration_s": time.perf_counter() - t_cell,
         "extra": {
             "recipe": recipe,
-            "corpus_commit": load_stats(data_dir).get("hub_commit"),  # hub commit of a streamed corpus (else None)
+            "corpus_commit": stats.get("hub_commit"),  # hub commit of a streamed corpus (else None)
             # family, architecture fields, non-embedding params, budget sizing, FLOP method, recurrent-state bytes
             **describe_variant(variant, block_len, torch.finfo(compute_dtype).bits // 8),
             "tokens_total": cfg.steps * tokens_per_step,
@@ -371,7 +373,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
             "expert_load": expert_load,
             "resumed_from_step": start or None,  # a killed run resumed from its checkpoint after this many steps
             # every seed the row's numbers depend on: init + batch order, and the corpus's train / val split
-            "seeds": {"pretrain": cfg.seed, "prepare_split": load_stats(data_dir).get("seed")},
+            "seeds": {"pretrain": cfg.seed, "prepare_split": stats.get("seed")},
         },
         **provenance(),
     }

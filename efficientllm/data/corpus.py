@@ -29,6 +29,7 @@ from typing import Any
 import tokenizers
 
 from efficientllm.atomic import atomic_dir
+from efficientllm.checkpoint import file_digest
 from efficientllm.data.packing import encode_documents, pack_blocks, save_blocks
 from efficientllm.data.sources import SOURCES
 from efficientllm.data.tokenizer import check_vocab_size, train_tokenizer
@@ -69,14 +70,6 @@ def split_documents(docs: Sequence[str], val_fraction: float, seed: int) -> tupl
     train = [d for d, v in zip(docs, is_val, strict=True) if not v]
     val = [d for d, v in zip(docs, is_val, strict=True) if v]
     return train, val
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_enough_tokens(split: str, n_tokens: int, block_len: int, hint: str) -> None:
@@ -165,8 +158,8 @@ def build_corpus(
             "seed": seed,
             "python_version": platform.python_version(),  # the stdlib_docs text depends on it
             "tokenizers_version": tokenizers.__version__,
-            "train_npy_sha256": _sha256_file(tmp / TRAIN_BLOCKS_FILE),
-            "val_npy_sha256": _sha256_file(tmp / VAL_BLOCKS_FILE),
+            "train_npy_sha256": file_digest(tmp / TRAIN_BLOCKS_FILE),
+            "val_npy_sha256": file_digest(tmp / VAL_BLOCKS_FILE),
         }
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2, default=str) + "\n", encoding="utf-8")
     log.info("wrote %s in %.1fs", out_dir, time.perf_counter() - t0)

@@ -26,9 +26,6 @@ from efficientllm.config import FinetuneConfig
 
 ApplyFn = Callable[[nn.Module, FinetuneConfig], nn.Module]
 OptimizerFn = Callable[[nn.Module, FinetuneConfig, float], torch.optim.Optimizer]
-BNB_CPU_PACK_BLOCK = 32
-"""bitsandbytes' packed CPU 4-bit inference kernel needs out_features divisible by this (and in_features by the
-quantisation blocksize)."""
 
 
 def lora_config(cfg: FinetuneConfig, **overrides: Any):
@@ -95,14 +92,9 @@ def apply_qlora(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
                          "BASE_QUANTIZATION['qlora'](cfg, device)))")
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
-    for module in model.modules():
-        # bitsandbytes' CPU inference path (eval mode, no grad, AVX512-BF16) repacks 4-bit weights in place and
-        # needs out_features % 32 == 0 and in_features % blocksize == 0; layers of other widths (tiny models)
-        # keep the generic 4-bit path, which handles any shape.
-        if type(module).__name__ == "Linear4bit":
-            blocksize = getattr(getattr(module.weight, "quant_state", None), "blocksize", 64)
-            if module.out_features % BNB_CPU_PACK_BLOCK or module.in_features % blocksize:
-                module.support_avx512bf16_for_cpu = False
+    from efficientllm.techniques.quantization import fit_cpu_4bit_kernel
+
+    fit_cpu_4bit_kernel(model)  # eval-time CPU forwards (eval loss, exact match): widths the packed kernel can't take
     return apply_lora(model, cfg)
 
 

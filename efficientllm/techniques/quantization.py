@@ -287,6 +287,12 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
     return {"total": quantized + other, "quantized": quantized, "other": other}
 
 
+def logical_numel(p: torch.Tensor) -> int:
+    """Elements a parameter stands for: a packed bitsandbytes 4-bit weight counts its original shape."""
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else p.numel()
+
+
 def logical_param_count(model: nn.Module) -> int:
     """Parameters as the unquantized model has them (a packed 4-bit weight counts its original shape), tied once."""
     seen: set[int] = set()
@@ -295,9 +301,7 @@ def logical_param_count(model: nn.Module) -> int:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        qs = getattr(p, "quant_state", None)
-        shape = getattr(qs, "shape", None) if qs is not None else None
-        n += int(torch.Size(shape).numel()) if shape is not None else p.numel()
+        n += logical_numel(p)
     return n
 
 
