@@ -559,7 +559,8 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
     ckpt, start = None, 0
     # One process or DDP (replicas hold the whole state: rank 0 saves it, every rank resumes from it); not FSDP
     if checkpoint_dir is not None and cfg.checkpoint_every_steps and not is_sharded(model):
-        key = _trajectory_key(method, dataset, sft, cfg, data_dir)
+        # hashing the data and the base weights once is enough: every rank reads the same files
+        key = dist.broadcast(_trajectory_key(method, dataset, sft, cfg, data_dir) if dist.is_main else None)
         ckpt = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps, trainable_only=True)
         state = ckpt.load(model, opt, sched)
         if state is not None:

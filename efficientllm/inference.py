@@ -401,7 +401,7 @@ def quantize_cell(*, stage: str, cell: str, precision: str, model_ref: str | Pat
     """
     from transformers import AutoTokenizer
 
-    from efficientllm.data import load_stats
+    from efficientllm.data import VAL_DOCS_FILE, load_stats
     from efficientllm.data.cloze import read_documents
     from efficientllm.evaluation import perplexity, run_tasks
     from efficientllm.measure import device_name, num_threads, resolve_device
@@ -424,9 +424,10 @@ def quantize_cell(*, stage: str, cell: str, precision: str, model_ref: str | Pat
     data_dir = Path(data_dir)
     # Held-out blocks as long as the corpus's (a pipeline model's context), or as the prompt when that is longer
     # (a hub model's workload): perplexity runs on them, the prompts are their first prompt_len tokens.
-    block_len = max(int(load_stats(data_dir)["block_len"]), cfg.prompt_len)
+    stats = load_stats(data_dir)  # prepare's stats.json, read once
+    block_len = max(int(stats["block_len"]), cfg.prompt_len)
     tokenizer = AutoTokenizer.from_pretrained(str(model_ref), revision=revision)
-    blocks = held_out_blocks(tokenizer, read_documents(data_dir / "val_docs.jsonl"), block_len)
+    blocks = held_out_blocks(tokenizer, read_documents(data_dir / VAL_DOCS_FILE), block_len)
     prompts = held_out_prompts(blocks, cfg.batch_size, cfg.prompt_len)
 
     torch.manual_seed(cfg.seed)
@@ -480,7 +481,7 @@ def quantize_cell(*, stage: str, cell: str, precision: str, model_ref: str | Pat
         "cell": cell,
         "technique": precision,
         "model": model_name,
-        "dataset": load_stats(data_dir).get("source"),
+        "dataset": stats.get("source"),
         "status": "ok",
         "trial": 0,
         "device": str(device),

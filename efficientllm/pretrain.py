@@ -360,7 +360,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
             "recipe": recipe,
             "corpus_commit": stats.get("hub_commit"),  # hub commit of a streamed corpus (else None)
             # family, architecture fields, non-embedding params, budget sizing, FLOP method, recurrent-state bytes
-            **describe_variant(variant, block_len, torch.finfo(compute_dtype).bits // 8),
+            **describe_variant(variant, torch.finfo(compute_dtype).bits // 8),
             "tokens_total": cfg.steps * tokens_per_step,
             "window_tokens": window_tokens,
             "peak_flops_calibration": peak,

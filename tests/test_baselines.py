@@ -340,7 +340,7 @@ def test_pretrain_cell_trains_a_baseline_unchanged(slug: str, data_dir: Path, tm
 
 
 def test_decoder_rows_keep_their_fields() -> None:
-    extra = describe_variant(resolve_recipe(BASE, {"attention": "gqa"}, DATA), T, 4)
+    extra = describe_variant(resolve_recipe(BASE, {"attention": "gqa"}, DATA), 4)
     assert {k: extra[k] for k in ("family", "attention", "positional", "mlp", "sizing", "num_key_value_heads")} == {
         "family": "efficientlm", "attention": "gqa", "positional": "rope", "mlp": "swiglu", "sizing": None,
         "num_key_value_heads": 2}

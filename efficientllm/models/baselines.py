@@ -447,7 +447,7 @@ def resolve_recipe(base: Mapping[str, Any], recipe: Mapping[str, Any], data: Map
     return Variant(family, config, sizing)
 
 
-def describe_variant(variant: Variant, seq_len: int, bytes_per_element: float) -> dict[str, Any]:
+def describe_variant(variant: Variant, bytes_per_element: float) -> dict[str, Any]:
     """Row ``extra`` fields of a variant: family, architecture, sizing, FLOP method and recurrent-state bytes."""
     fam = variant.family
     return {

@@ -309,12 +309,9 @@ def _assumptions_section(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def render_index(con: duckdb.DuckDBPyConnection, n_files: int, title: str, claim_results: Sequence,
-                 figures: list[plots.FigureFile], out_dir: Path) -> str:
-    """The text of index.md."""
-    score_rows = tables.records(con, "SELECT * FROM scores WHERE rev = 'workspace'")
-    boards = _group(score_rows)
-    catalog = _catalog(con)
-    axes_with_rows = {a for (a,) in con.execute("SELECT DISTINCT axis FROM latest").fetchall()}
+                 figures: list[plots.FigureFile], out_dir: Path, *, boards: dict, catalog: dict,
+                 axes_with_rows: set[str]) -> str:
+    """The text of index.md, from the boards (`_group` of `scores`), catalog and axes the axis pages used."""
     lines = [f"# {title}", "", *_summary(con, n_files), ""]
     pages = [f"[{axis}]({axis}.md)" for axis, _ in AXES if axis in axes_with_rows]
     lines += ['Every number below is a row in DuckDB (`efficientllm sql "SELECT * FROM scores"`). Axis pages: '
@@ -405,7 +402,9 @@ def build_report(row_files: views.RowFiles, out_dir: str | os.PathLike, title: s
                     f"# {axis_title}\n\n[← report](index.md)\n\nNo successful cells on this axis yet.\n")
                 records.atomic_write_text(paths[f"{axis}_page"], page)
         paths["index"] = out / "index.md"
-        records.atomic_write_text(paths["index"], render_index(con, len(files), title, results, drawn, out))
+        records.atomic_write_text(paths["index"], render_index(
+            con, len(files), title, results, drawn, out, boards=boards, catalog=catalog,
+            axes_with_rows=axes_with_rows))
     finally:
         con.close()
     return paths

@@ -110,11 +110,12 @@ def pareto_figure(con: duckdb.DuckDBPyConnection, rev: str, axis: str, stage: st
     y_label = _quality_label(first["quality_metric"], first["quality_higher_is_better"])
     for ax, (x_metric, name) in zip(panels, X_METRICS, strict=True):
         mine = [p for p in points if p["x_metric"] == x_metric]
-        unit = {"peak_mem_bytes": "bytes", "al_s": "s", "energy_j_per_token": "J/token"}[x_metric]
-        shown, divisor = tables.display_unit(unit)
-        x_label = f"{name} ({shown}) — lower is better"
+        # the unit the metric catalog gives (via the pareto view); a panel with no points names no unit
+        shown, divisor = tables.display_unit(mine[0]["x_unit"]) if mine else ("", 1.0)
+        unit_text = f" ({shown})" if shown else ""
+        x_label = f"{name}{unit_text} — lower is better"
         if x_metric == "al_s":
-            x_label = f"AL: mean time per {_latency_word(axis)} ({shown}) — lower is better"
+            x_label = f"AL: mean time per {_latency_word(axis)}{unit_text} — lower is better"
         if x_metric == "energy_j_per_token" and "estimate" in sources:
             x_label += "\n(energy is an ESTIMATE: no hardware counter)"
         ax.set_xlabel(x_label)
