@@ -24,6 +24,16 @@ from efficientllm.atomic import atomic_write_text
 SCHEMA_VERSION = 1
 
 STATUSES = ("ok", "failed", "skipped")
+ERROR_MAX_CHARS = 4000
+"""Bound of a row's `error` text."""
+
+
+def error_field(head: str, detail: str = "") -> str:
+    """A row's `error`: `head` (what went wrong, one line) first, then the end of `detail` (a traceback, a
+    process's last output), bounded to ERROR_MAX_CHARS so that the first line always survives."""
+    head = head.strip()
+    room = max(0, ERROR_MAX_CHARS - len(head) - 1)
+    return f"{head}\n{detail[-room:] if len(detail) > room else detail}" if detail else head
 
 
 @dataclass(frozen=True)

@@ -222,8 +222,10 @@ def read_row_file(root: Path, cell: Cell) -> dict[str, Any] | None:
         return None
 
 
-def _outcome(root: Path, cell: Cell, state_name: str, error: str | None, t0: float) -> dict[str, Any]:
-    row = read_row_file(root, cell)
+def _outcome(root: Path, cell: Cell, state_name: str, error: str | None, t0: float,
+             row: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The task result of a cell; `row` when the caller has read it already (else it is read here)."""
+    row = read_row_file(root, cell) if row is None else row
     return {"cell": cell.name, "outcome": OUTCOMES[state_name], "state": state_name,
             "figures": key_figures(row), "error": error, "duration_s": round(time.perf_counter() - t0, 3)}
 
@@ -237,10 +239,11 @@ def write_cell_row(root: Path, cell: Cell, status: str, error: str, **extra: Any
     if not cell.row_path:
         return None
     from efficientllm.measure.provenance import provenance  # lazily: the measure package imports torch
-    from efficientllm.records import write_row
+    from efficientllm.records import error_field, write_row
 
+    head, _, detail = error.partition("\n")
     row = {"run_id": uuid.uuid4().hex, "axis": cell.axis, "stage": cell.stage, "cell": cell.item or cell.name,
-           "technique": cell.item, "status": status, "error": error[-4000:], "trial": 0,
+           "technique": cell.item, "status": status, "error": error_field(head, detail), "trial": 0,
            "extra": {"written_by": "flows.benchmark", "dvc_cell": cell.name, **extra}, **provenance(root)}
     return write_row(root / cell.row_path, row)
 
@@ -324,9 +327,9 @@ def _finish(repo: Path, cell: Cell, how: str, log: Any, t0: float, device_slot: 
         first = (row.get("error") or "").splitlines()[:1]
         message = f"{cell.name}: the stage recorded a failed row: {first[0] if first else 'no error text'}"
         log.error(message)
-        outcome = _outcome(repo, cell, FAILED_ROW, message, t0)
+        outcome = _outcome(repo, cell, FAILED_ROW, message, t0, row)
         return Failed(name=FAILED_ROW, message=message, data={**outcome, "device_slot": device_slot})
-    outcome = {**_outcome(repo, cell, how, None, t0), "device_slot": device_slot}
+    outcome = {**_outcome(repo, cell, how, None, t0, row), "device_slot": device_slot}
     log.info("%s: %s in %.1f s %s", cell.name, OUTCOMES[how], outcome["duration_s"],
              _format_figures(outcome["figures"]))
     return Completed(name=how, message=f"{cell.name}: {OUTCOMES[how]}", data=outcome)

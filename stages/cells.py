@@ -25,17 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from efficientllm.measure.provenance import provenance
-from efficientllm.records import atomic_write_text
-
-ERROR_MAX_CHARS = 4000
+from efficientllm.records import atomic_write_text, error_field
 
 
 def error_text(exc: BaseException) -> str:
-    """`Type: message` on the first line, then the end of the traceback (bounded)."""
-    head = f"{type(exc).__name__}: {exc}".strip()
-    tb = "".join(traceback.format_exception(exc))
-    tail = tb[-(ERROR_MAX_CHARS - len(head) - 1):] if len(tb) > ERROR_MAX_CHARS - len(head) else tb
-    return f"{head}\n{tail}"
+    """`Type: message` on the first line, then the end of the traceback (bounded: records.error_field)."""
+    return error_field(f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
 
 
 def failed_row(exc: BaseException, *, axis: str, stage: str, cell: str, status: str = "failed",

@@ -160,3 +160,12 @@ def test_zero_row_files_give_an_empty_typed_table(tmp_path):
     for view in ("latest", "measured", "pretrain", "finetune", "quantize", "failures", "scores", "pareto",
                  "leaderboard_pretrain", "leaderboard_finetune", "leaderboard_quantize", "revision_diff"):
         assert con.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,), view
+
+
+def test_error_field_keeps_the_first_line_and_the_end_of_a_long_detail():
+    from efficientllm.records import ERROR_MAX_CHARS, error_field
+
+    text = error_field("CellError: out of memory", "x" * 10_000 + "last line")
+    assert text.startswith("CellError: out of memory\n") and text.endswith("last line")
+    assert len(text) == ERROR_MAX_CHARS
+    assert error_field("short", "tail") == "short\ntail" and error_field("alone") == "alone"
