@@ -80,6 +80,7 @@ from efficientllm.measure import (
 )
 from efficientllm.measure.provenance import provenance
 from efficientllm.measure.timing import latency_columns
+from efficientllm.pretrain import warmup_cosine
 from efficientllm.techniques import (
     BASE_QUANTIZATION,
     METHODS,
@@ -403,16 +404,6 @@ def save_cell(model: nn.Module, tokenizer: Any, method: str, cfg: FinetuneConfig
 # --- the cell ------------------------------------------------------------------------------------------------
 
 
-def _lr_lambda(steps: int, warmup: int):
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
 def _trajectory_key(method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConfig, data_dir: Path) -> str:
     """What determines a fine-tuning run's state after each step: params (less the reliability knobs), the SFT
     data, the base weights and the training code."""
@@ -422,8 +413,8 @@ def _trajectory_key(method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConf
     base = Path(cfg.base_model)
     base_files = {p.name: file_digest(p) for p in sorted(base.glob("*")) if p.is_file()} if base.is_dir() else {}
     here = Path(__file__).resolve().parent
-    code = code_digest([here / "finetune.py", here / "techniques" / "peft_methods.py", here / "data" / "sft.py",
-                        here / "models"])
+    code = code_digest([here / "finetune.py", here / "pretrain.py", here / "techniques" / "peft_methods.py",
+                        here / "data" / "sft.py", here / "models"])
     return cell_key("finetune", method, dataset, dataclasses.asdict(sft), train, data, base_files, code)
 
 
@@ -541,7 +532,7 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
     samples_per_step = cfg.batch_size * cfg.grad_accum_steps
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train.input_ids) / samples_per_step))
     warm = min(cfg.measure_warmup_steps, steps - 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, cfg.lr_warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, cfg.lr_warmup_steps, MIN_LR_RATIO))
     peak = None
     if dist.is_main:  # one calibration: ranks run the same device model, and CPU ranks would contend for cores
         peak = measure_peak_flops(device, dtype, n=measure.peak_calibration_n,

@@ -98,15 +98,15 @@ def model_config(slug: str, base: ModelConfig, recipe: dict[str, Any], tokenizer
     return model_variant(slug, base, recipe, tokenizer, block_len).config
 
 
-def _lr_lambda(cfg: PretrainConfig):
-    """Linear warm-up to the peak, then cosine decay to `min_lr_ratio` of it at the last step."""
+def warmup_cosine(steps: int, warmup: int, min_ratio: float):
+    """LambdaLR factor: linear warm-up over `warmup` steps to the peak, then cosine decay to `min_ratio` of it at
+    the last step (pretraining and fine-tuning both)."""
 
     def f(step: int) -> float:
-        if cfg.lr_warmup_steps and step < cfg.lr_warmup_steps:
-            return (step + 1) / cfg.lr_warmup_steps
-        span = max(1, cfg.steps - cfg.lr_warmup_steps)
-        progress = min(1.0, (step - cfg.lr_warmup_steps) / span)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
 
@@ -240,7 +240,7 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
     # DDP replica / FSDP shards (identity for one process); `model` stays the module itself for eval and saving.
     train_model = wrap_model(model, dist, cfg.parallelism, compute_dtype if compute_dtype != torch.float32 else None)
     opt = _optimizer(train_model, cfg, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.steps, cfg.lr_warmup_steps, cfg.min_lr_ratio))
     peak = None
     if dist.is_main:  # one calibration: ranks run the same device model, and CPU ranks would contend for cores
         peak = measure_peak_flops(device, compute_dtype, n=measure.peak_calibration_n,
