@@ -161,7 +161,7 @@ def _open_rows(command: str, args: argparse.Namespace, revs: list[str]) -> Any:
 
     assumptions = Assumptions.from_params(args.params)
     if revs:
-        from efficientllm.report import revisions
+        from efficientllm.pipeline import revisions
 
         return revisions.connect_revisions(revs, repo=args.repo, pattern=args.rows, assumptions=assumptions)
     row_files = views.find_row_files(args.rows)
@@ -176,7 +176,8 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
     from efficientllm import records
     from efficientllm.config import ConfigError
-    from efficientllm.report import revisions, views
+    from efficientllm.pipeline import revisions
+    from efficientllm.report import views
 
     return (records.RowError, views.ReadOnlyError, revisions.RevisionError, ConfigError, duckdb.Error)
 
@@ -309,7 +310,7 @@ def recommend(argv: list[str]) -> int:
 
 def profile(argv: list[str]) -> int:
     """Run a profile (profiles/NAME.yaml, e.g. paper-pretrain) as DVC experiments, one per model size."""
-    from efficientllm.profiles import profile_command
+    from efficientllm.pipeline.profiles import profile_command
 
     return profile_command(argv)
 

@@ -14,12 +14,12 @@ import torch
 import yaml
 from conftest import REPO
 
-import efficientllm.profiles as profiles
+import efficientllm.pipeline.profiles as profiles
 from efficientllm.cli import main as cli_main
 from efficientllm.config import ConfigError, ModelConfig, parse_section, read_params
 from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM
 from efficientllm.models.accounting import count_parameters
-from efficientllm.profiles import deep_merge, hydra_overrides, hydra_value, load_profile, merged_params
+from efficientllm.pipeline.profiles import deep_merge, hydra_overrides, hydra_value, load_profile, merged_params
 
 QWEN_VOCAB = 151936  # rows of Qwen2.5's embedding (config.json vocab_size of every Qwen2.5 size)
 

@@ -266,7 +266,7 @@ def test_hub_model_cell_end_to_end_offline(stage_repo, tmp_path_factory):
 
 def test_paper_profile_names_the_papers_models_and_leaderboard_tasks():
     from efficientllm.config import EvalConfig, QuantizeHubConfig, parse_section, read_params
-    from efficientllm.profiles import load_profile, merged_params
+    from efficientllm.pipeline.profiles import load_profile, merged_params
 
     profile = load_profile(REPO / "profiles/paper-quantize.yaml")
     base = read_params(REPO / "params.yaml")

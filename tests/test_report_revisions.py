@@ -17,7 +17,8 @@ import pytest
 from conftest import BIN, run
 
 from efficientllm import cli, records
-from efficientllm.report import revisions, views
+from efficientllm.pipeline import revisions
+from efficientllm.report import views
 
 MAKE_ROWS = """\
 import json, pathlib, yaml

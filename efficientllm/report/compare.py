@@ -1,7 +1,7 @@
 """A Markdown diff of two revisions: every metric of every cell, its relative change and whether it got better.
 
-The rows of both revisions are loaded into one database (`revisions.connect_revisions`); the view
-`revision_diff` pairs each cell-metric at the first revision (A) with the second (B). `compare_markdown`
+The rows of both revisions are loaded into one database (`efficientllm.pipeline.revisions.connect_revisions`);
+the view `revision_diff` pairs each cell-metric at the first revision (A) with the second (B). `compare_markdown`
 renders it: a summary line, then one table per board with A, B, the relative change and the verdict
 (better / worse in the metric's direction, within noise when both sides have overlapping 95% CIs, same,
 added, removed).

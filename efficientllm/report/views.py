@@ -5,7 +5,7 @@ Every measured cell writes one row file (`records.write_row`). `connect` validat
 `records.duckdb_columns()`, so a column that is null everywhere still has its type, plus `rev` and
 `row_file`), then creates the views from the plain `.sql` files (`VIEW_FILES` order; a new file in
 report/sql/ is picked up too). `connect_loaded` does the same for rows read elsewhere, e.g. from several git
-revisions (`report.revisions`), one `rev` each. Two small tables sit beside `rows`: `revisions` (the
+revisions (`efficientllm.pipeline.revisions`), one `rev` each. Two small tables sit beside `rows`: `revisions` (the
 revisions loaded, in order) and `assumptions` (the user-set price and grid intensity of the cost and CO2
 columns). Users query them with SQL; the SQL never touches the row files, so a query cannot change a result.
 

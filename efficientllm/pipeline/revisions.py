@@ -8,9 +8,9 @@ a commit, a branch, a tag, `HEAD~3`, or a DVC experiment name (`dvc exp show`); 
 files on disk now. `connect_revisions` loads several revisions into one report database, one `rev` each, so
 the usual views (and `revision_diff`) compare them.
 
-This is the only module of the package that imports DVC, and it does so inside `load_revision`: reading a
+It lives in efficientllm.pipeline, the one DVC-aware package, and imports DVC inside `load_revision`: reading a
 DVC out at a past revision is DVC's job (lock file, cache layout, remotes), so the API is used rather than
-re-implemented, and nothing else in the package pays for the import.
+re-implemented, and nothing that only reads the row files on disk pays for the import.
 
     efficientllm sql --rev HEAD~1 --rev HEAD "SELECT rev, cell, mean FROM scores WHERE metric = 'al_s'"
 """
