@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         SFT_STATS_FILE,
         TRAIN_FILE,
         SFTDataError,
-        load_sft_source,
         plain_prompt,
         split_records,
         write_jsonl_text,
     )
+    from efficientllm.data.sft_sources import load_sft_source
 
     spec = sft.datasets[args.dataset]
     try:

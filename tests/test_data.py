@@ -5,6 +5,7 @@ OMP_WAIT_POLICY=PASSIVE python -m pytest tests/test_data.py -q
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import random
@@ -35,6 +36,7 @@ from efficientllm.data import (
     text_files,
     train_tokenizer,
 )
+from efficientllm.data.cloze import read_documents
 from efficientllm.data.sources import STDLIB_SKIP_DIRS, _stdlib_py_files
 
 SMALL = {"vocab_size": 300, "block_len": 32, "val_fraction": 0.2, "seed": 0, "min_doc_chars": 100, "max_docs": 150}
@@ -119,6 +121,17 @@ def test_text_files_txt_jsonl_and_folders(tmp_path):
     assert list(text_files([tmp_path / "a.txt", str(tmp_path / "b.jsonl")])) == expected
     assert list(text_files(tmp_path)) == expected
     assert list(text_files(tmp_path, min_doc_chars=14, max_docs=1)) == expected[:1]
+
+
+def test_text_files_and_cloze_documents_with_a_byte_order_mark(tmp_path):
+    bom = b"\xef\xbb\xbf"  # spreadsheet exports and some editors start UTF-8 files with it
+    (tmp_path / "a.txt").write_bytes(bom + "a text document, ünïcode\n".encode())
+    (tmp_path / "b.jsonl").write_bytes(bom + b'{"text": "jsonl doc one"}\n{"text": "jsonl doc two"}\n')
+    assert list(text_files(tmp_path)) == ["a text document, ünïcode\n", "jsonl doc one", "jsonl doc two"]
+    assert read_documents(tmp_path / "b.jsonl") == ["jsonl doc one", "jsonl doc two"]  # the cloze task's reader
+    (tmp_path / "c.txt").write_bytes(bom + b"line one\ncaf\xe9\n")  # errors still count from the file start
+    with pytest.raises(ValueError, match=r"c\.txt:2: not valid UTF-8 \(byte offset 15\)"):
+        list(text_files(tmp_path / "c.txt"))
 
 
 def test_text_files_errors(tmp_path):
@@ -360,3 +373,31 @@ def test_sources_registry_contract():
 
         params = inspect.signature(fn).parameters
         assert {"min_doc_chars", "max_docs"} <= set(params), fn.__name__
+
+
+def test_data_modules_import_no_circle():
+    """Every import between efficientllm.data modules, function-level ones included, points one way: a module
+    never ends up importing itself (fineweb <-> sources did, through a function-level import)."""
+    package = Path(corpus_mod.__file__).parent
+    edges: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        name = "efficientllm.data" + ("" if path.stem == "__init__" else f".{path.stem}")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("efficientllm.data"):
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("efficientllm.data"))
+        edges[name] = found - {name}
+
+    def imports_of(start: str) -> set[str]:
+        """Every module `start` reaches through imports."""
+        reached, todo = set(), [start]
+        while todo:
+            for n in edges.get(todo.pop(), ()):
+                if n not in reached:
+                    reached.add(n)
+                    todo.append(n)
+        return reached
+
+    assert [m for m in sorted(edges) if m in imports_of(m)] == []

@@ -51,7 +51,7 @@ def ft(tmp_path_factory):
     """A working directory with a tiny saved base, prepared arith data and, per entry of RUNS, a params file and the
     single-process reference run (in-process, its adapter / merged model under ref/<name>/)."""
     from efficientllm.data import train_tokenizer
-    from efficientllm.data.sft import arith
+    from efficientllm.data.arith import arith
     from efficientllm.finetune import finetune_cell
     from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM
 

@@ -27,7 +27,7 @@ def stage_dir(tmp_path, monkeypatch) -> Path:
     for key, value in STAGE_ENV.items():
         monkeypatch.setenv(key, value)
     from efficientllm.data import train_tokenizer
-    from efficientllm.data.sft import arith
+    from efficientllm.data.arith import arith
     from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM
     from stages import prepare_sft
 

@@ -88,6 +88,13 @@ def test_jsonl_without_scores_and_token_budget_error(tmp_path):
         list(fineweb_edu(paths=path, max_source_tokens=10))
 
 
+def test_jsonl_with_a_byte_order_mark(tmp_path):
+    lines = "".join(json.dumps({"text": _doc(i, 3)["text"], "int_score": 3}) + "\n" for i in range(3))
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + lines.encode())  # as spreadsheet exports write it
+    assert list(fineweb_edu(paths=path)) == [_doc(i, 3)["text"] for i in range(3)]
+
+
 def test_missing_text_column_names_file_and_columns(tmp_path):
     schema = pa.schema([f for f in SCHEMA if f.name != "text"] + [pa.field("content", pa.string())])
     rows = [{**{k: v for k, v in _doc(0, 3).items() if k != "text"}, "content": "x" * 300}]

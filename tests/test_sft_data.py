@@ -3,13 +3,14 @@ the split is deterministic, and the loss mask covers exactly the response."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
 import pytest
 from conftest import SHARED_DATA
 
-from efficientllm.data import sft
+from efficientllm.data import arith, sft, sft_sources
 from efficientllm.data.sft import IGNORE_INDEX, SFTDataError
 
 OPENO1_SAMPLE = SHARED_DATA / "openo1_format_sample.jsonl"
@@ -19,7 +20,7 @@ _LINE = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)$")
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
 
 
-@pytest.mark.parametrize("source", [sft.arith, sft.arith_medical])
+@pytest.mark.parametrize("source", [arith.arith, arith.arith_medical])
 def test_generator_working_is_correct_and_seeded(source):
     rows = source(n_examples=200, seed=7)
     assert rows == source(n_examples=200, seed=7)  # same seed, same rows
@@ -37,25 +38,25 @@ def test_generator_working_is_correct_and_seeded(source):
 
 
 def test_arith_medical_goes_through_the_medical_fields():
-    r = sft.arith_medical(n_examples=1, seed=0)[0]
+    r = arith.arith_medical(n_examples=1, seed=0)[0]
     assert "mg" in r["instruction"] and r["source"] == "arith_medical"
     assert r["output"].startswith("<Thought>\n") and r["output"].endswith("\n</Output>")
 
 
 @pytest.mark.skipif(not OPENO1_SAMPLE.exists(), reason=f"real sample absent: {OPENO1_SAMPLE}")
 def test_openo1_loader_on_the_real_sample():
-    rows = sft.load_sft_source({"source": "openo1", "path": str(OPENO1_SAMPLE)}, seed=0)
+    rows = sft_sources.load_sft_source({"source": "openo1", "path": str(OPENO1_SAMPLE)}, seed=0)
     assert len(rows) == 125
     assert all("<Thought>" in r["output"] and "<Output>" in r["output"] for r in rows)
     assert all("answer" not in r for r in rows)
-    assert len(sft.load_sft_source({"source": "openo1", "path": str(OPENO1_SAMPLE), "max_examples": 10},
+    assert len(sft_sources.load_sft_source({"source": "openo1", "path": str(OPENO1_SAMPLE), "max_examples": 10},
                                    seed=0)) == 10
 
 
 @pytest.mark.skipif(not MEDICAL_SAMPLE.exists(), reason=f"real sample absent: {MEDICAL_SAMPLE}")
 def test_medical_o1_loader_on_the_real_sample():
     raw = json.loads(MEDICAL_SAMPLE.read_text())
-    rows = sft.load_sft_source({"source": "medical_o1", "path": str(MEDICAL_SAMPLE), "config": "en"}, seed=0)
+    rows = sft_sources.load_sft_source({"source": "medical_o1", "path": str(MEDICAL_SAMPLE), "config": "en"}, seed=0)
     assert len(rows) == len(raw) == 198
     assert rows[0]["instruction"] == raw[0]["Question"]
     assert rows[0]["output"] == sft.thought_output(raw[0]["Complex_CoT"], raw[0]["Response"])
@@ -74,11 +75,11 @@ def test_hub_loaders_call_datasets_with_id_config_and_revision(monkeypatch):
         return [{"instruction": "i", "output": "<Thought>t</Thought><Output>o</Output>"}]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    med = sft.medical_o1(config="zh_mix", revision="abc123")
-    assert calls[-1] == (sft.MEDICAL_O1_HUB_ID, "zh_mix", "train", "abc123", None)
+    med = sft_sources.medical_o1(config="zh_mix", revision="abc123")
+    assert calls[-1] == (sft_sources.MEDICAL_O1_HUB_ID, "zh_mix", "train", "abc123", None)
     assert med[0]["output"] == "<Thought>\nc\n</Thought>\n<Output>\nr\n</Output>"
-    o1 = sft.openo1(data_files="OpenO1-SFT.jsonl")
-    assert calls[-1] == (sft.OPENO1_HUB_ID, None, "train", None, "OpenO1-SFT.jsonl")
+    o1 = sft_sources.openo1(data_files="OpenO1-SFT.jsonl")
+    assert calls[-1] == (sft_sources.OPENO1_HUB_ID, None, "train", None, "OpenO1-SFT.jsonl")
     assert o1[0]["instruction"] == "i"
 
     def offline(*a, **k):
@@ -86,7 +87,7 @@ def test_hub_loaders_call_datasets_with_id_config_and_revision(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(SFTDataError, match="could not be loaded.*ConnectionError.*path:"):
-        sft.openo1()
+        sft_sources.openo1()
 
 
 @pytest.mark.parametrize(("name", "content", "match"), [
@@ -104,13 +105,13 @@ def test_hub_loaders_call_datasets_with_id_config_and_revision(monkeypatch):
     ("a.json", b'[{"instruction": "x", "output": "y"}, 5]', r"a\.json \[index 1\]: expected a JSON object"),
     ("a.json", b'[{"instruction": "x", "output": "y"}, {"output": "y"}]', r"\[index 1\]: missing field 'instruction'"),
     ("a.json", b'{"instruction": "x"}', r"expected a JSON array of objects"),
-    ("a.txt", b"hello", r"unsupported file type '\.txt'"),
+    ("a.txt", b"hello", r"openo1: .*a\.txt is not one of \.jsonl / \.json / \.parquet"),
 ])
 def test_openo1_validation_errors_name_file_and_line(tmp_path, name, content, match):
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(SFTDataError, match=match):
-        sft.openo1(path=str(path))
+        sft_sources.openo1(path=str(path))
 
 
 def test_medical_validation_and_spec_errors(tmp_path):
@@ -118,23 +119,46 @@ def test_medical_validation_and_spec_errors(tmp_path):
     path.write_text(json.dumps([{"Question": "q", "Complex_CoT": "c", "Response": "r"},
                                 {"Question": "q", "Complex_CoT": "", "Response": "r"}]))
     with pytest.raises(SFTDataError, match=r"m\.json \[index 1\]: field 'Complex_CoT' is an empty string"):
-        sft.medical_o1(path=str(path))
+        sft_sources.medical_o1(path=str(path))
     with pytest.raises(SFTDataError, match="config 'fr' is not one of en, zh, en_mix, zh_mix"):
-        sft.medical_o1(path=str(path), config="fr")
+        sft_sources.medical_o1(path=str(path), config="fr")
     with pytest.raises(SFTDataError, match=r"\[sft\] datasets.x: source 'nope' is not one of"):
-        sft.load_sft_source({"source": "nope"}, seed=0, where="[sft] datasets.x")
+        sft_sources.load_sft_source({"source": "nope"}, seed=0, where="[sft] datasets.x")
     with pytest.raises(SFTDataError, match="unknown key 'pth' for source openo1"):
-        sft.load_sft_source({"source": "openo1", "pth": "x"}, seed=0)
-    with pytest.raises(FileNotFoundError, match="SFT data file not found"):
-        sft.openo1(path=str(tmp_path / "missing.jsonl"))
+        sft_sources.load_sft_source({"source": "openo1", "pth": "x"}, seed=0)
+    with pytest.raises(FileNotFoundError, match=r"openo1: .*missing\.jsonl does not exist"):
+        sft_sources.openo1(path=str(tmp_path / "missing.jsonl"))
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
     (tmp_path / "d" / "b.jsonl").write_text('{"instruction": "c", "output": "d"}\n')
-    assert [r["instruction"] for r in sft.openo1(path=str(tmp_path / "d"))] == ["a", "c"]  # a folder: sorted files
+    (tmp_path / "d" / "sub").mkdir()
+    (tmp_path / "d" / "sub" / "c.jsonl").write_text('{"instruction": "e", "output": "f"}\n')
+    # a folder: its own files, sorted (not the files of its subfolders)
+    assert [r["instruction"] for r in sft_sources.openo1(path=str(tmp_path / "d"))] == ["a", "c"]
+
+
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark spreadsheet exports start with
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("a.jsonl", b'{"instruction": "x", "output": "y"}\n{"instruction": "z", "output": "w"}\n'),
+    ("a.json", b'[{"instruction": "x", "output": "y"}, {"instruction": "z", "output": "w"}]'),
+])
+def test_local_files_with_a_byte_order_mark_are_read(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(BOM + content)
+    rows = sft_sources.openo1(path=str(path))
+    assert [(r["instruction"], r["output"]) for r in rows] == [("x", "y"), ("z", "w")]
+    path.write_bytes(content)
+    assert sft_sources.openo1(path=str(path)) == rows  # the same records as without the mark
+    bad = tmp_path / "bad.jsonl"  # an error's line and column still count from the start of the file
+    bad.write_bytes(BOM + b'{"instruction": "x", "output": "y"}\n\xff\n')
+    with pytest.raises(SFTDataError, match=r"bad\.jsonl line 2: not valid UTF-8 \(byte 0xff at column 1\)"):
+        sft_sources.openo1(path=str(bad))
 
 
 def test_split_is_deterministic_disjoint_and_sized():
-    records = sft.arith(n_examples=100, seed=1)
+    records = arith.arith(n_examples=100, seed=1)
     train, evals = sft.split_records(records, eval_fraction=0.1, seed=3)
     assert (len(train), len(evals)) == (90, 10)
     assert (train, evals) == sft.split_records(records, eval_fraction=0.1, seed=3)
@@ -159,6 +183,19 @@ class CharTokenizer:
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
         text = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages)
         return text + ("<assistant>" if add_generation_prompt else "")
+
+
+def test_generated_rows_and_token_ids_are_unchanged():
+    """Golden digests, computed with the code before the data package was split (commit b75d930, sft.py held the
+    generator and the encoding): sha256 of the JSON of the rows, and of [input_ids, labels, record_ids, stats] from
+    the character tokenizer above. A change here changes every arith dataset and every encoded batch."""
+    rows = arith.arith(n_examples=64, seed=0) + arith.arith_medical(n_examples=64, min_ops=1, max_ops=4, seed=5)
+    assert hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest() == (
+        "4ad90ced57683670926af5a0fa20fcf269240f3b0f54b45d797b8a3abfcf7287")
+    enc = sft.encode_examples(rows, CharTokenizer(), template="plain", max_seq_len=240)
+    assert (enc.n_truncated, enc.n_dropped) == (25, 0)  # both paths taken
+    blob = json.dumps([enc.input_ids, enc.labels, enc.record_ids, enc.stats()]).encode()
+    assert hashlib.sha256(blob).hexdigest() == "aa019fa0f68edc390182ab52bd648c84ed8279ca34b12fe17c8b8316cf7f8c88"
 
 
 def test_loss_mask_covers_exactly_the_response_plain():

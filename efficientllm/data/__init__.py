@@ -24,7 +24,8 @@ from efficientllm.data.packing import (
     save_blocks,
     token_dtype,
 )
-from efficientllm.data.sources import SOURCES, select_documents, stdlib_docs, text_files
+from efficientllm.data.selection import select_documents
+from efficientllm.data.sources import SOURCES, stdlib_docs, text_files
 from efficientllm.data.tokenizer import EOS_TOKEN, MIN_VOCAB_SIZE, PAD_TOKEN, check_vocab_size, train_tokenizer
 
 __all__ = [

@@ -35,10 +35,11 @@ META_FILE = "meta.json"
 
 
 def read_documents(path: str | Path) -> list[str]:
-    """The `text` field of every line of a jsonl file; errors name the file and line."""
+    """The `text` field of every line of a jsonl file (a leading UTF-8 byte-order mark is dropped); errors name the
+    file and line."""
     path = Path(path)
     docs = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue

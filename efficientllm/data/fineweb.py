@@ -9,8 +9,8 @@ the columns `text, id, dump, url, date, file_path, language, language_score, tok
 - the hub, streamed with `datasets.load_dataset(hub_id, name=config_name, split=..., streaming=True)`, so a
   budget of a few billion tokens never downloads the whole dataset (needs network: unset HF_HUB_OFFLINE and
   HF_DATASETS_OFFLINE, which the paper profile does), or
-- local files: `.parquet` shards (the dataset's own format) and `.jsonl` (one JSON object per line), a folder
-  standing for the shards under it in sorted order.
+- local files: `.parquet` shards (the dataset's own format) and `.jsonl` (one JSON object per line; a leading
+  UTF-8 byte-order mark is dropped), a folder standing for the shards under it in sorted order.
 
 It keeps documents with `int_score >= min_int_score` (when the column exists), then applies the common source
 contract (`select_documents`: drop short and duplicate documents, stop after `max_docs`), then stops at a budget
@@ -24,13 +24,15 @@ print(sum(1 for _ in fineweb_edu(paths=['../shared/data/fineweb_edu_sample.jsonl
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from efficientllm.data.files import PathArg, expand_paths, read_json_lines
+from efficientllm.data.selection import select_documents
 
 if TYPE_CHECKING:
     from efficientllm.config import PrepareConfig
@@ -59,27 +61,6 @@ class _Record:
 
 
 # --- local files -------------------------------------------------------------------------------------------
-
-
-def _expand(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    if not paths:
-        raise ValueError("fineweb_edu: no paths given")
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in FILE_SUFFIXES)
-            if not found:
-                raise ValueError(f"fineweb_edu: folder {p} holds no {' / '.join(FILE_SUFFIXES)} files")
-            files.extend(found)
-        elif p.is_file():
-            if p.suffix not in FILE_SUFFIXES:
-                raise ValueError(f"fineweb_edu: {p} is not one of {' / '.join(FILE_SUFFIXES)}")
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"fineweb_edu: {p} does not exist")
-    return files
 
 
 def _check_text_column(where: str, columns: Iterable[str]) -> None:
@@ -123,23 +104,10 @@ def _read_parquet(path: Path) -> Iterator[_Record]:
 
 def _read_jsonl(path: Path) -> Iterator[_Record]:
     n = 0
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"fineweb_edu: {path}:{lineno}: not valid UTF-8") from e
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"fineweb_edu: {path}:{lineno}: malformed JSON: {e.msg}") from e
-            if not isinstance(obj, dict):
-                raise ValueError(f"fineweb_edu: {path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            _check_text_column(f"{path}:{lineno}", obj)
-            n += 1
-            yield _Record(obj["text"], obj.get("int_score"), obj.get("token_count"))
+    for lineno, obj in read_json_lines(path, "fineweb_edu"):
+        _check_text_column(f"{path}:{lineno}", obj)
+        n += 1
+        yield _Record(obj["text"], obj.get("int_score"), obj.get("token_count"))
     if n == 0:
         raise ValueError(f"fineweb_edu: {path} is an empty shard (no JSON lines)")
 
@@ -214,7 +182,7 @@ def fineweb_edu(
     *,
     min_doc_chars: int = 1,
     max_docs: int | None = None,
-    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    paths: PathArg | None = None,
     hub_id: str = HUB_ID,
     config_name: str | None = DEFAULT_CONFIG,
     split: str = "train",
@@ -230,13 +198,11 @@ def fineweb_edu(
     characters or `max_source_tokens` GPT-2 tokens (the dataset's `token_count` column, required then); the
     document that reaches it is the last one kept. Local paths are checked before the first document is read.
     """
-    from efficientllm.data.sources import select_documents  # here: sources.py registers this module's source
-
     for name, value in (("max_chars", max_chars), ("max_source_tokens", max_source_tokens)):
         if value is not None and value < 1:
             raise ValueError(f"fineweb_edu: {name} must be >= 1 or None, got {value}")
     if paths:
-        files = _expand(paths)
+        files = expand_paths(paths, FILE_SUFFIXES, label="fineweb_edu")
         for f in files:  # footers only: a bad shard fails now, not hours into a stream
             if f.suffix == ".parquet":
                 _open_parquet(f)

@@ -1,37 +1,28 @@
-"""Supervised fine-tuning data: sources, validation, the train / eval split, formatting and the response-only mask.
+"""SFT records: the one normalised form, its files, the seeded train / eval split, and the encoding for training.
 
-Every SFT source returns records in one normalised form, the OpenO1 form, so the fine-tuning loop and the
-quantization axis's task see one shape whatever the source:
+Why: every SFT source (efficientllm/data/sft_sources.py) returns records in the OpenO1 form, so the fine-tuning loop
+and the quantization axis's task see one shape whatever the source:
 
     {"id": str, "instruction": str, "output": "<Thought>\\n...\\n</Thought>\\n<Output>\\n...\\n</Output>",
      "answer": str (only where a checkable answer exists), "source": str}
 
-Sources (`SFT_SOURCES`, slug -> function; the keys of a dataset spec in params are its keyword arguments):
-- `openo1`: OpenO1-SFT (hub `O1-OPEN/OpenO1-SFT`, one jsonl; columns `instruction`, `output`) from the hub id or
-  local .jsonl / .json / .parquet files.
-- `medical_o1`: medical-o1-reasoning-SFT (hub `FreedomIntelligence/medical-o1-reasoning-SFT`, configs en, zh,
-  en_mix, zh_mix; JSON arrays of `Question`, `Complex_CoT`, `Response`); the target is built from CoT + response in
-  the same Thought/Output form.
-- `arith`: embedded, offline, seeded multi-step arithmetic word problems in the OpenO1 form. `<Thought>` shows the
-  working, `<Output>` is the number, and `answer` holds it, so exact match is a real task score.
-- `arith_medical`: the same generator with dosage wording, written into the medical-o1 fields and converted by the
-  medical-o1 code path. Synthetic arithmetic, not medical data; rows are labelled `source: arith_medical`.
+- Records: `openo1_record` / `medical_o1_record` check a raw row and normalise it; `extract_output` reads the answer
+  back out of a generation.
+- Files: `read_jsonl`, `read_json_array`, `read_parquet` give (where, row) pairs (a leading UTF-8 byte-order mark is
+  dropped); errors (`SFTDataError`) name the file and the line (jsonl) or index (JSON array, parquet): missing
+  fields, non-string or empty values, non-UTF-8 bytes, a JSON array where jsonl is expected. `load_split` reads back
+  what the prepare_sft stage wrote.
+- Encoding (`encode_examples`): the tokenizer's chat template when it has one (or when asked), else a plain prompt
+  template; the loss is on the response tokens only (prompt positions carry label -100); sequences over
+  `max_seq_len` are truncated or dropped and both counts are returned. The Thought/Output tags stay plain text (no
+  new special tokens, no embedding resize), so any byte-level tokenizer encodes them.
 
-Validation errors (`SFTDataError`) name the file and the line (jsonl) or index (JSON array, parquet, hub rows):
-missing fields, non-string or empty values, non-UTF-8 bytes, a JSON array where jsonl is expected.
-
-Formatting (`encode_examples`): the tokenizer's chat template when it has one (or when asked), else a plain prompt
-template; the loss is on the response tokens only (prompt positions carry label -100); sequences over
-`max_seq_len` are truncated or dropped and both counts are returned. The Thought/Output tags stay plain text
-(no new special tokens, no embedding resize), so any byte-level tokenizer encodes them.
-
-    python -c "from efficientllm.data.sft import arith; print(arith(n_examples=1, seed=0)[0]['output'])"
+    python -c "from efficientllm.data.sft import thought_output as t, extract_output as e; print(e(t('1+1=2', '2')))"
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import random
 import re
@@ -40,10 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-OPENO1_HUB_ID = "O1-OPEN/OpenO1-SFT"
-MEDICAL_O1_HUB_ID = "FreedomIntelligence/medical-o1-reasoning-SFT"
-MEDICAL_O1_CONFIGS = ("en", "zh", "en_mix", "zh_mix")
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+from efficientllm.data.files import decode_utf8
+
 IGNORE_INDEX = -100
 """Label of positions that carry no loss (prompt and padding); transformers' cross-entropy ignores it."""
 
@@ -125,7 +114,7 @@ def medical_o1_record(row: Mapping[str, Any], where: str, index: int, source: st
 def _decode_utf8(path: Path) -> str:
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        return decode_utf8(data)
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
@@ -193,245 +182,6 @@ READERS: dict[str, Callable[[str | Path], list[tuple[str, Any]]]] = {
     ".parquet": read_parquet,
 }
 """File suffix -> reader returning (where, row) pairs."""
-
-
-def _data_files(path: str | Sequence[str]) -> list[Path]:
-    """The files named by `path`: one file, a directory (its .jsonl/.json/.parquet files, sorted) or a list."""
-    paths = [path] if isinstance(path, str) else list(path)
-    if not paths:
-        raise SFTDataError("path: the list of files is empty")
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix in DATA_SUFFIXES)
-            if not found:
-                raise SFTDataError(f"{p}: no {', '.join(DATA_SUFFIXES)} files in this directory")
-            files.extend(found)
-        elif p.exists():
-            if p.suffix not in DATA_SUFFIXES:
-                raise SFTDataError(f"{p}: unsupported file type {p.suffix!r} (use {', '.join(DATA_SUFFIXES)})")
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"SFT data file not found: {p}")
-    return files
-
-
-def _read_files(path: str | Sequence[str]) -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = []
-    for f in _data_files(path):
-        rows.extend(READERS[f.suffix](f))
-    return rows
-
-
-def _read_hub(hub_id: str, *, config: str | None, split: str, revision: str | None,
-              data_files: str | Sequence[str] | None) -> list[tuple[str, Any]]:
-    """Rows of a hub dataset through `datasets.load_dataset` (needs network or the local HF cache)."""
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(hub_id, name=config, split=split, revision=revision,
-                                   data_files=list(data_files) if isinstance(data_files, list | tuple) else data_files)
-    except Exception as e:  # offline, unknown id, missing config: one clear line, the cause chained
-        raise SFTDataError(
-            f"hub dataset {hub_id!r} (config {config!r}, revision {revision!r}) could not be loaded: "
-            f"{type(e).__name__}: {e}. Offline runs need `path:` to local files."
-        ) from e
-    label = f"hub {hub_id}" + (f"[{config}]" if config else "")
-    return [(f"{label} row {i}", row) for i, row in enumerate(ds)]
-
-
-def _take(rows: list[tuple[str, Any]], max_examples: int | None) -> list[tuple[str, Any]]:
-    if max_examples is not None:
-        if max_examples < 1:
-            raise SFTDataError(f"max_examples must be >= 1 or null, got {max_examples}")
-        rows = rows[:max_examples]
-    if not rows:
-        raise SFTDataError("the source has no rows")
-    return rows
-
-
-# --- sources -------------------------------------------------------------------------------------------------
-
-
-def openo1(*, path: str | list[str] | None = None, hub_id: str = OPENO1_HUB_ID, revision: str | None = None,
-           split: str = "train", data_files: str | list[str] | None = None,
-           max_examples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """OpenO1-SFT: local files when `path` is set (jsonl, JSON array or parquet), else the hub dataset."""
-    del seed  # the rows are read in file order; the split is seeded later
-    rows = _read_files(path) if path is not None else _read_hub(
-        hub_id, config=None, split=split, revision=revision, data_files=data_files)
-    return [openo1_record(row, where, i) for i, (where, row) in enumerate(_take(rows, max_examples))]
-
-
-def medical_o1(*, path: str | list[str] | None = None, hub_id: str = MEDICAL_O1_HUB_ID, config: str = "en",
-               revision: str | None = None, split: str = "train", data_files: str | list[str] | None = None,
-               max_examples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """medical-o1-reasoning-SFT: local files when `path` is set, else the hub dataset's `config` (en, zh, en_mix,
-    zh_mix). Extra fields (options, Ground-True Answer, ...) are ignored."""
-    del seed
-    if config not in MEDICAL_O1_CONFIGS:
-        raise SFTDataError(f"medical_o1: config {config!r} is not one of {', '.join(MEDICAL_O1_CONFIGS)}")
-    rows = _read_files(path) if path is not None else _read_hub(
-        hub_id, config=config, split=split, revision=revision, data_files=data_files)
-    return [medical_o1_record(row, where, i) for i, (where, row) in enumerate(_take(rows, max_examples))]
-
-
-# The word-problem generator: a start quantity and a chain of operations, each written as one sentence of the
-# question and one line of working. Numbers stay small so the prompt + working fit in ~96 tokens.
-_NAMES = ("Ava", "Ben", "Sam", "Max", "Eva", "Tom", "Ann", "Tim", "Dan", "Jo", "Ed", "Al")
-_ITEMS = ("files", "lines", "items", "keys", "values", "objects", "books", "cards", "coins", "apples")
-
-
-@dataclass(frozen=True)
-class _Bank:
-    """The wording of one problem family: sentence templates per operation."""
-
-    start: str
-    add: tuple[str, ...]
-    sub: tuple[str, ...]
-    times: tuple[str, ...]
-    groups: tuple[str, ...]
-    share: tuple[str, ...]
-    question: str
-
-
-_WORD_BANK = _Bank(
-    start="{name} has {a} {items}.",
-    add=("{name} finds {n} more.", "{name} gets {n} more from a friend.", "{name} buys {n} more."),
-    sub=("{name} gives away {n}.", "{name} loses {n}.", "{name} uses {n} of them."),
-    times=("Then the number of {items} {word}.",),
-    groups=("{name} buys {k} bags with {m} {items} in each.", "{name} gets {k} boxes of {m} {items}."),
-    share=("{name} shares them equally with {j} friends and keeps one share.",),
-    question="How many {items} does {name} have now?",
-)
-_DOSE_BANK = _Bank(
-    start="A daily dose is {a} mg.",
-    add=("It is raised by {n} mg.", "A doctor adds {n} mg."),
-    sub=("It is lowered by {n} mg.", "A nurse takes off {n} mg."),
-    times=("Then the dose {word}.",),
-    groups=("{k} tablets of {m} mg are added.",),
-    share=("It is split into {j} equal parts and one part is kept.",),
-    question="What is the dose in mg now?",
-)
-_TIMES_WORDS = {2: "doubles", 3: "triples"}
-
-
-def _problem(rng: random.Random, bank: _Bank, min_ops: int, max_ops: int) -> tuple[str, str, int]:
-    """(question, working, answer) of one seeded problem."""
-    name, items = rng.choice(_NAMES), rng.choice(_ITEMS)
-    cur = rng.randint(2, 20)
-    sentences = [bank.start.format(name=name, items=items, a=cur)]
-    lines: list[str] = []
-    for _ in range(rng.randint(min_ops, max_ops)):
-        ops = ["add", "groups"] + (["sub"] if cur >= 2 else [])
-        if cur <= 60:
-            ops.append("times")
-        divisors = [j + 1 for j in range(1, 5) if cur % (j + 1) == 0]
-        if divisors:
-            ops.append("share")
-        op = rng.choice(ops)
-        if op == "add":
-            n = rng.randint(1, 20)
-            sentences.append(rng.choice(bank.add).format(name=name, n=n))
-            lines.append(f"{cur} + {n} = {cur + n}")
-            cur += n
-        elif op == "sub":
-            n = rng.randint(1, cur - 1)
-            sentences.append(rng.choice(bank.sub).format(name=name, n=n))
-            lines.append(f"{cur} - {n} = {cur - n}")
-            cur -= n
-        elif op == "times":
-            f = rng.choice((2, 3))
-            sentences.append(rng.choice(bank.times).format(items=items, word=_TIMES_WORDS[f]))
-            lines.append(f"{cur} * {f} = {cur * f}")
-            cur *= f
-        elif op == "groups":
-            k, m = rng.randint(2, 5), rng.randint(2, 9)
-            sentences.append(rng.choice(bank.groups).format(name=name, k=k, m=m, items=items))
-            lines.append(f"{k} * {m} = {k * m}")
-            lines.append(f"{cur} + {k * m} = {cur + k * m}")
-            cur += k * m
-        else:  # share: j friends + the owner = j + 1 equal shares
-            parts = rng.choice(divisors)
-            sentences.append(rng.choice(bank.share).format(name=name, j=parts - 1 if bank is _WORD_BANK else parts))
-            lines.append(f"{cur} / {parts} = {cur // parts}")
-            cur //= parts
-    sentences.append(bank.question.format(name=name, items=items))
-    return " ".join(sentences), "\n".join(lines), cur
-
-
-def _unique_problems(seed: str, bank: _Bank, n: int, min_ops: int, max_ops: int) -> list[tuple[str, str, int]]:
-    """n problems with distinct questions (so no question is in both train and eval), from one seeded stream."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    out = []
-    for _ in range(100 * n):
-        problem = _problem(rng, bank, min_ops, max_ops)
-        if problem[0] not in seen:
-            seen.add(problem[0])
-            out.append(problem)
-            if len(out) == n:
-                return out
-    raise SFTDataError(f"the generator gave only {len(out)} distinct problems of the {n} asked for (raise max_ops)")
-
-
-def _check_generator_args(n_examples: int, min_ops: int, max_ops: int) -> None:
-    if n_examples < 1:
-        raise SFTDataError(f"n_examples must be >= 1, got {n_examples}")
-    if not 1 <= min_ops <= max_ops:
-        raise SFTDataError(f"need 1 <= min_ops <= max_ops, got min_ops={min_ops}, max_ops={max_ops}")
-
-
-def arith(*, n_examples: int = 640, min_ops: int = 2, max_ops: int = 2, seed: int = 0) -> list[dict[str, Any]]:
-    """Seeded multi-step arithmetic word problems in the OpenO1 form, with the number as `answer`.
-
-    The same (n_examples, min_ops, max_ops, seed) give the same rows on every machine (`random.Random`).
-    """
-    _check_generator_args(n_examples, min_ops, max_ops)
-    rows = []
-    for i, (question, working, answer) in enumerate(_unique_problems(f"arith-{seed}", _WORD_BANK, n_examples,
-                                                                      min_ops, max_ops)):
-        row = {"instruction": question, "output": thought_output(working, str(answer)), "answer": str(answer)}
-        rows.append(openo1_record(row, f"arith [index {i}]", i, source="arith"))
-    return rows
-
-
-def arith_medical(*, n_examples: int = 640, min_ops: int = 2, max_ops: int = 2, seed: int = 0) -> list[dict[str, Any]]:
-    """The arithmetic generator with dosage wording, in the medical-o1 fields (`Question`, `Complex_CoT`,
-    `Response`), converted by the medical-o1 path. Synthetic arithmetic, not medical data: `source` says so."""
-    _check_generator_args(n_examples, min_ops, max_ops)
-    rows = []
-    for i, (question, working, answer) in enumerate(_unique_problems(f"arith_medical-{seed}", _DOSE_BANK, n_examples,
-                                                                      min_ops, max_ops)):
-        row = {"Question": question, "Complex_CoT": working, "Response": str(answer), "answer": str(answer)}
-        rows.append(medical_o1_record(row, f"arith_medical [index {i}]", i, source="arith_medical"))
-    return rows
-
-
-SFT_SOURCES: dict[str, Callable[..., list[dict[str, Any]]]] = {
-    "arith": arith,
-    "arith_medical": arith_medical,
-    "openo1": openo1,
-    "medical_o1": medical_o1,
-}
-"""Source slug -> function(**spec, seed) returning normalised records. A dataset spec in params names one."""
-
-
-def load_sft_source(spec: Mapping[str, Any], seed: int, where: str = "dataset") -> list[dict[str, Any]]:
-    """The records of one dataset spec `{source: <slug>, **kwargs}`; unknown slugs and keys raise SFTDataError."""
-    if not isinstance(spec, Mapping):
-        raise SFTDataError(f"{where}: expected a mapping with a `source` key, got {spec!r}")
-    spec = dict(spec)
-    slug = spec.pop("source", None)
-    if slug not in SFT_SOURCES:
-        raise SFTDataError(f"{where}: source {slug!r} is not one of {', '.join(SFT_SOURCES)}")
-    fn = SFT_SOURCES[slug]
-    allowed = set(inspect.signature(fn).parameters) - {"seed"}
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise SFTDataError(
-            f"{where}: unknown key {unknown[0]!r} for source {slug} (allowed: {', '.join(sorted(allowed))})")
-    return fn(**spec, seed=seed)
 
 
 # --- the deterministic split ---------------------------------------------------------------------------------
