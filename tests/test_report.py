@@ -88,12 +88,84 @@ N_FILES = 10
 
 
 def test_sql_files_are_all_loaded_one_view_each():
-    assert sorted(p.name for p in views.SQL_DIR.glob("*.sql")) == sorted(views.VIEW_FILES)
-    for name in views.VIEW_FILES:
-        text = (views.SQL_DIR / name).read_text()
-        assert text.startswith("-- "), f"{name} needs a header comment"
+    # one file per view, named after it, except the three leaderboards: one template
+    leaderboards = [f"leaderboard_{axis}" for axis in views.LEADERBOARDS]
+    assert [v for v in views.VIEWS if v.startswith("leaderboard_")] == leaderboards
+    assert sorted(p.stem for p in views.SQL_DIR.glob("*.sql")) == sorted(set(views.VIEWS) - set(leaderboards))
+    assert {views.view_file(v) for v in leaderboards} == {views.SQL_DIR / views.LEADERBOARD_TEMPLATE}
+    con = views.connect([])
+    for view in views.VIEWS:
+        text = views.view_file(view).read_text()
+        assert text.startswith("-- "), f"{views.view_file(view)} needs a header comment"
         assert text.upper().count("CREATE VIEW") == 1
-        assert f"CREATE VIEW {name.removesuffix('.sql')} AS" in text
+        made = views.view_sql(con, view)
+        assert made.startswith(f"-- {view}: ") and f"CREATE VIEW {view} AS" in made
+    created = {v for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    assert created == set(views.VIEWS)
+
+
+# `DESCRIBE leaderboard_<axis>` before the three views came from one template (commit b75d930): a user's SELECT *
+# reads these columns in this order.
+LEADERBOARD_COLUMNS = {
+    "pretrain": """
+        rank rev stage board cell technique attention positional mlp family n_params n_active_params n_trials
+        quality_metric energy_source quality_value quality_ci95 amu_bytes pcu_ratio mfu al_s latency_s_p50
+        latency_s_p99 tt_tokens_per_param_s tokens_per_s aec_w energy_j_per_token peak_mem_bytes
+        kv_cache_bytes_per_token cost_usd_per_mtok co2_g_per_mtok al_s_ci95 quality_score amu_bytes_rank
+        amu_bytes_score pcu_ratio_rank pcu_ratio_score al_s_rank al_s_score tt_tokens_per_param_s_rank
+        tt_tokens_per_param_s_score aec_w_rank aec_w_score quality_vs_mha amu_bytes_vs_mha peak_mem_bytes_vs_mha
+        al_s_vs_mha tokens_per_s_vs_mha aec_w_vs_mha energy_j_per_token_vs_mha kv_cache_bytes_per_token_vs_mha
+        quality_within_noise_of_mha al_s_within_noise_of_mha""".split(),
+    "finetune": """
+        rank rev stage board cell method task n_params n_trainable_params n_trials quality_metric energy_source
+        quality_value quality_ci95 amu_bytes pcu_ratio mfu al_s latency_s_p50 latency_s_p99 st_samples_per_param_s
+        tokens_per_s aec_w energy_j_per_token peak_mem_bytes cost_usd_per_mtok co2_g_per_mtok al_s_ci95
+        quality_score amu_bytes_rank amu_bytes_score pcu_ratio_rank pcu_ratio_score al_s_rank al_s_score
+        st_samples_per_param_s_rank st_samples_per_param_s_score aec_w_rank aec_w_score quality_vs_full
+        amu_bytes_vs_full peak_mem_bytes_vs_full al_s_vs_full st_samples_per_param_s_vs_full tokens_per_s_vs_full
+        aec_w_vs_full energy_j_per_token_vs_full quality_within_noise_of_full al_s_within_noise_of_full""".split(),
+    "quantize": """
+        rank rev stage board cell precision model n_params nominal_bits n_trials quality_metric energy_source
+        quality_value quality_ci95 amu_bytes pcu_ratio al_s latency_s_p50 latency_s_p99 it_tokens_per_s ttft_s_p50
+        tpot_s_p50 aec_w energy_j_per_token peak_mem_bytes model_size_bytes mcr_nominal mcr_measured
+        cost_usd_per_mtok co2_g_per_mtok al_s_ci95 quality_score amu_bytes_rank amu_bytes_score pcu_ratio_rank
+        pcu_ratio_score al_s_rank al_s_score it_tokens_per_s_rank it_tokens_per_s_score aec_w_rank aec_w_score
+        mcr_nominal_rank mcr_nominal_score quality_vs_bf16 amu_bytes_vs_bf16 peak_mem_bytes_vs_bf16 al_s_vs_bf16
+        it_tokens_per_s_vs_bf16 ttft_s_p50_vs_bf16 tpot_s_p50_vs_bf16 aec_w_vs_bf16 energy_j_per_token_vs_bf16
+        model_size_bytes_vs_bf16 quality_within_noise_of_bf16 al_s_within_noise_of_bf16""".split(),
+}
+
+
+def test_leaderboards_are_one_layout_over_the_metric_catalog():
+    con = views.connect([])
+    catalog = tables.records(con, "SELECT * FROM metric_catalog")
+    for axis, board in views.LEADERBOARDS.items():
+        columns = [name for name, *_ in con.execute(f"DESCRIBE leaderboard_{axis}").fetchall()]
+        assert columns == LEADERBOARD_COLUMNS[axis], axis
+        # the same layout on every axis, each part listing the axis's catalog entries in the catalog's order
+        metrics = [m for m in catalog if m["axis"] == axis and m["metric"] != "quality"]
+        means = [m["metric"] for m in sorted(metrics, key=lambda m: m["leaderboard_position"])]
+        radar = [m["metric"] for m in sorted(metrics, key=lambda m: m["position"]) if m["radar"]]
+        ratios = [m["metric"] for m in catalog if m["axis"] == axis and m["vs_baseline_position"] is not None]
+        ratios.sort(key=lambda name: next(m["vs_baseline_position"] for m in catalog
+                                          if m["axis"] == axis and m["metric"] == name))
+        b = board.baseline
+        assert columns == [
+            "rank", "rev", "stage", "board", "cell", *board.cell_columns, "n_trials", "quality_metric",
+            "energy_source", "quality_value", "quality_ci95", *means, "al_s_ci95", "quality_score",
+            *(f"{m}_{part}" for m in radar for part in ("rank", "score")), *(f"{m}_vs_{b}" for m in ratios),
+            f"quality_within_noise_of_{b}", f"al_s_within_noise_of_{b}",
+        ], axis
+        for key in ("position", "leaderboard_position"):
+            assert len({m[key] for m in metrics}) == len(metrics), f"{axis}: two metrics share a {key}"
+
+
+def test_leaderboard_baselines_are_the_measured_baselines(tmp_path):
+    for axis in views.LEADERBOARDS:
+        _write(tmp_path, axis, axis=axis, stage=axis, cell=f"x-{axis}", quality_value=1.0)
+    con = views.connect(str(tmp_path / "*" / "row.json"))
+    assert dict(con.execute("SELECT axis, baseline FROM measured").fetchall()) == {
+        axis: board.baseline for axis, board in views.LEADERBOARDS.items()}
 
 
 def test_latest_picks_the_newest_row_per_cell(read_only_con):

@@ -123,6 +123,14 @@ def test_every_claim_has_one_result_even_without_rows(tmp_path):
     assert all(r.verdict == claims.NOT_MEASURABLE and "no ok cells for it" in r.why for r in got)
 
 
+def test_the_queries_are_sql_files_the_python_names():
+    # every claim's query is a file of report/sql/claims/ and every file there is some claim's query
+    files = sorted((views.SQL_DIR / "claims").glob("*.sql"))
+    assert {p.stem for p in files} == {c.query for c in claims.CLAIMS}
+    for path in [*files, views.SQL_DIR / "recommend" / "cells.sql"]:
+        assert path.read_text().startswith(f"-- {path.parent.name}/{path.stem}: "), f"{path} needs a header comment"
+
+
 # --- recommend --------------------------------------------------------------------------------------------------
 
 

@@ -195,9 +195,10 @@ def test_view_files_load_in_any_order_and_new_files_are_picked_up(tmp_path, monk
     (sql_dir / "aaa_cells.sql").write_text("-- aaa_cells: test\nCREATE VIEW aaa_cells AS SELECT DISTINCT cell FROM "
                                            "scores;\n")
     monkeypatch.setattr(views, "SQL_DIR", sql_dir)
-    monkeypatch.setattr(views, "VIEW_FILES", tuple(reversed(views.VIEW_FILES)))
+    monkeypatch.setattr(views, "VIEWS", tuple(reversed(views.VIEWS)))
     con = views.connect([])
     assert con.execute("SELECT count(*) FROM aaa_cells").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM leaderboard_quantize").fetchone() == (0,)  # made before the catalog
     (sql_dir / "zzz_broken.sql").write_text("CREATE VIEW zzz_broken AS SELECT * FROM no_such_view;\n")
     with pytest.raises(RuntimeError, match="zzz_broken.sql"):
         views.connect([])

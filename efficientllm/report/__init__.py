@@ -2,7 +2,7 @@
 
 - `views`: an in-memory DuckDB with the typed table `rows` and the views of `report/sql/*.sql` (latest,
   measured, pretrain / finetune / quantize, failures, scores, leaderboards, pareto, revision_diff);
-- `claims`: the paper's findings as data (a SQL query and a verdict rule each);
+- `claims`: the paper's findings as data (a verdict rule each, over a query of `report/sql/claims/`);
 - `recommend`: Pareto-optimal techniques under memory / latency / quality-drop limits;
 - `compare`: a Markdown diff of two revisions;
 - `plots`: Pareto fronts, radars, latency box plots, loss curves (matplotlib, PNG);

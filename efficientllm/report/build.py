@@ -55,7 +55,7 @@ INDEX_METRICS: dict[str, tuple[str, ...]] = {
 RATIO_METRICS = ("quality", "peak_mem_bytes", "al_s")
 """Ratios to the baseline shown in index.md."""
 
-BASELINES = {"pretrain": "mha", "finetune": "full", "quantize": "bf16"}
+BASELINES = {axis: board.baseline for axis, board in views.LEADERBOARDS.items()}
 
 VERDICT_TEXT = {claims.AGREES: "**agrees**", claims.DISAGREES: "**disagrees**",
                 claims.NOT_MEASURABLE: "not measurable at this scale"}
@@ -154,7 +154,8 @@ def _claims_section(results: Sequence[claims.ClaimResult]) -> list[str]:
            "a verdict: *agrees* / *disagrees* when the measured order matches / contradicts the paper's, *not "
            "measurable at this scale* when a cell is missing or failed, or the difference is within noise (the 95% "
            f"CIs overlap, or, with one trial, the means differ by less than {claims.TOLERANCE:.0%}). The checks "
-           "are data: `efficientllm/report/claims.py` (a SQL query and a rule each). Full table: `claims.csv`.", ""]
+           "are data: a rule each in `efficientllm/report/claims.py`, over a query in "
+           "`efficientllm/report/sql/claims/`. Full table: `claims.csv`.", ""]
     body = []
     for r in results:
         where = " · ".join(p for p in (r.stage if r.stage != r.axis else "", r.board) if p)

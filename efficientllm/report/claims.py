@@ -1,8 +1,9 @@
 """The paper's findings, checked against our rows: each claim is data (a SQL query and a verdict rule).
 
 `CLAIMS` lists the findings of the EfficientLLM study (Yuan et al. 2025, arXiv 2505.13840) that this
-benchmark can test. Each `Claim` has the query that fetches the numbers it needs from the report views and
-a rule that turns those numbers, one board at a time (rev, stage, board), into a `Verdict`:
+benchmark can test. Each `Claim` names the query that fetches the numbers it needs from the report views
+(report/sql/claims/<query>.sql) and has a rule that turns those numbers, one board at a time (rev, stage,
+board), into a `Verdict`:
 
 - AGREES / DISAGREES: the measured ordering matches / contradicts the paper's;
 - NOT_MEASURABLE ("not measurable at this scale"): a cell it needs is missing or failed, or the difference
@@ -16,13 +17,13 @@ a rule that turns those numbers, one board at a time (rev, stage, board), into a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 
-from efficientllm.report import tables
+from efficientllm.report import tables, views
 
 AGREES = "agrees"
 DISAGREES = "disagrees"
@@ -56,12 +57,15 @@ class Claim:
     axis: str
     finding: str
     """The paper's finding, in a sentence."""
-    sql: str
-    """Query over the report views: rows with rev, stage, board, technique_key, metric, n, mean, ci95_low,
-    ci95_high (and what the rule needs besides)."""
+    query: str
+    """The file report/sql/claims/<query>.sql: a query over the report views giving rows with rev, stage, board,
+    technique_key, metric, n, mean, ci95_low, ci95_high (and what the rule needs besides). It runs with the named
+    parameter $axis = `axis` and `params`."""
     rule: Rule
     needs: tuple[str, ...] = field(default=())
     """Techniques the claim compares, named when no row matches at all."""
+    params: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """The query's other named parameters (see its header)."""
 
 
 @dataclass(frozen=True)
@@ -278,120 +282,55 @@ ATTENTION = ("mha", "mqa", "gqa", "mla", "nsa")
 ARCHITECTURES = ("mha", "mamba", "mamba2", "rwkv", "gptneox")
 
 
-def _scores_sql(axis: str, metrics: Sequence[str], techniques: Sequence[str] | None = None) -> str:
-    listed = ", ".join(f"'{m}'" for m in metrics)
-    where = f"axis = '{axis}' AND metric IN ({listed})"
-    if techniques is not None:
-        where += " AND technique_key IN (" + ", ".join(f"'{t}'" for t in techniques) + ")"
-    return ("SELECT rev, stage, board, cell, technique_key, metric, quality_metric, unit, higher_is_better, n, mean, "
-            f"ci95_low, ci95_high FROM scores WHERE {where}")
+def _scores(metrics: Sequence[str], techniques: Sequence[str] | None = None) -> dict[str, Any]:
+    """The parameters of the query `scores`: these metrics, of these techniques (None: every technique)."""
+    return {"metrics": list(metrics), "techniques": None if techniques is None else list(techniques)}
 
-
-# Cells that differ from the `mha` baseline only in their positional encoding (same attention, MLP, family and
-# shape, from the rows' `extra`); `technique_key` becomes the encoding, so 'rope' is whichever rope cell exists.
-POSITIONAL_SQL = """
-WITH arch AS (
-    SELECT DISTINCT rev, stage, board, cell,
-        extra ->> '$.positional' AS positional,
-        concat_ws('/', extra ->> '$.attention', extra ->> '$.mlp', coalesce(extra ->> '$.family', 'efficientlm'),
-                  extra ->> '$.hidden_size', extra ->> '$.num_hidden_layers', extra ->> '$.num_attention_heads',
-                  extra ->> '$.num_key_value_heads', extra ->> '$.intermediate_size') AS shape
-    FROM measured
-    WHERE axis = 'pretrain' AND status = 'ok' AND extra ->> '$.positional' IS NOT NULL
-),
-same_shape AS (
-    SELECT a.* FROM arch AS a
-    JOIN arch AS b ON b.rev = a.rev AND b.stage = a.stage AND b.board = a.board AND b.cell = 'mha'
-        AND b.shape = a.shape
-)
-SELECT s.rev, s.stage, s.board, s.cell, p.positional AS technique_key, s.metric, s.quality_metric, s.unit,
-       s.higher_is_better, s.n, s.mean, s.ci95_low, s.ci95_high
-FROM scores AS s
-JOIN same_shape AS p USING (rev, stage, board, cell)
-WHERE s.metric = 'quality'
-"""
-
-# The depth-width recipes (dw-*) and the baseline `mha`, which is the base shape of the sweep; technique_key becomes
-# the shape ('<layers>x<hidden>'), so a dw-base recipe identical to mha counts once.
-DEPTH_WIDTH_SQL = """
-WITH shapes AS (
-    SELECT DISTINCT rev, stage, board, cell,
-        coalesce((extra ->> '$.num_hidden_layers') || 'x' || (extra ->> '$.hidden_size'), cell) AS shape
-    FROM measured
-    WHERE axis = 'pretrain' AND status = 'ok' AND (cell LIKE 'dw-%' OR cell = 'mha')
-)
-SELECT s.rev, s.stage, s.board, s.cell, h.shape AS technique_key, s.metric, s.quality_metric, s.unit,
-       s.higher_is_better, s.n, s.mean, s.ci95_low, s.ci95_high
-FROM scores AS s
-JOIN shapes AS h USING (rev, stage, board, cell)
-WHERE s.metric = 'quality'
-"""
-
-RSLORA_SQL = """
-SELECT s.rev, s.stage, s.board, s.cell, s.technique_key, s.metric, s.quality_metric, s.unit, s.higher_is_better, s.n,
-       s.mean, s.ci95_low, s.ci95_high,
-       (SELECT max(coalesce(TRY_CAST(m.extra ->> '$.n_params_base' AS BIGINT), m.n_params)) FROM measured AS m
-        WHERE m.rev = s.rev AND m.stage = s.stage AND m.cell = s.cell AND m.status = 'ok') AS n_params
-FROM scores AS s
-WHERE s.axis = 'finetune' AND s.metric = 'quality' AND s.technique_key IN ('lora', 'rslora')
-"""
-
-INT4_SQL = """
-SELECT rev, stage, board, any_value(cell) AS cell, technique_key, 'model_size_bytes' AS metric,
-       any_value(quality_metric) AS quality_metric, avg(model_size_bytes) AS model_size_bytes,
-       avg(quality_ratio_vs_baseline) AS quality_vs_bf16,
-       avg(TRY_CAST(extra ->> '$.weight_bytes_other' AS DOUBLE)) AS weight_bytes_other
-FROM measured
-WHERE axis = 'quantize' AND status = 'ok' AND technique_key IN ('int4', 'bf16')
-GROUP BY rev, stage, board, technique_key
-"""
 
 CLAIMS: tuple[Claim, ...] = (
     Claim("mqa-memory-latency", "pretrain",
           "MQA has the lowest memory and latency of the attention variants (MHA, MQA, GQA, MLA, NSA)",
-          _scores_sql("pretrain", ("amu_bytes", "al_s"), ATTENTION),
-          all_of(lowest("amu_bytes", ("mqa",), "AMU", "attention variant"),
-                 lowest("al_s", ("mqa",), "AL", "attention variant")), ("mqa",)),
+          "scores", all_of(lowest("amu_bytes", ("mqa",), "AMU", "attention variant"),
+                           lowest("al_s", ("mqa",), "AL", "attention variant")), ("mqa",),
+          _scores(("amu_bytes", "al_s"), ATTENTION)),
     Claim("mla-perplexity", "pretrain", "MLA reaches the lowest perplexity of the attention variants",
-          _scores_sql("pretrain", ("quality",), ATTENTION),
-          lowest("quality", ("mla",), "perplexity", "attention variant"), ("mla",)),
+          "scores", lowest("quality", ("mla",), "perplexity", "attention variant"), ("mla",),
+          _scores(("quality",), ATTENTION)),
     Claim("nsa-energy-latency", "pretrain",
           "NSA has the lowest energy (AEC) of the attention variants but the highest latency",
-          _scores_sql("pretrain", ("aec_w", "al_s"), ATTENTION),
-          all_of(lowest("aec_w", ("nsa",), "AEC", "attention variant"),
-                 highest("al_s", ("nsa",), "AL", "attention variant")), ("nsa",)),
+          "scores", all_of(lowest("aec_w", ("nsa",), "AEC", "attention variant"),
+                           highest("al_s", ("nsa",), "AL", "attention variant")), ("nsa",),
+          _scores(("aec_w", "al_s"), ATTENTION)),
     Claim("moe-quality-memory", "pretrain",
           "MoE reaches a better perplexity than the dense model at more memory (+~40% VRAM)",
-          _scores_sql("pretrain", ("quality", "amu_bytes"), ("moe", "mha")),
-          all_of(versus("quality", "moe", "mha", "lower", "perplexity"),
-                 versus("amu_bytes", "moe", "mha", "higher", "AMU")), ("moe", "mha")),
+          "scores", all_of(versus("quality", "moe", "mha", "lower", "perplexity"),
+                           versus("amu_bytes", "moe", "mha", "higher", "AMU")), ("moe", "mha"),
+          _scores(("quality", "amu_bytes"), ("moe", "mha"))),
     Claim("mamba-memory", "pretrain",
           "Mamba has the lowest memory of the architectures (Transformer, Mamba, Pythia / GPT-NeoX, RWKV)",
-          _scores_sql("pretrain", ("amu_bytes",), ARCHITECTURES),
-          lowest("amu_bytes", ("mamba", "mamba2"), "AMU", "architecture (mha, rwkv, gptneox)"),
-          ("mamba", "mamba2")),
+          "scores", lowest("amu_bytes", ("mamba", "mamba2"), "AMU", "architecture (mha, rwkv, gptneox)"),
+          ("mamba", "mamba2"), _scores(("amu_bytes",), ARCHITECTURES)),
     Claim("rope-perplexity", "pretrain",
           "RoPE gives the best perplexity among positional encodings (RoPE, absolute, learned, relative, none)",
-          POSITIONAL_SQL, lowest("quality", ("rope",), "perplexity", "positional encoding (pe-* cells)"),
-          ("rope",)),
+          "positional", lowest("quality", ("rope",), "perplexity", "positional encoding (pe-* cells)"), ("rope",)),
     Claim("depth-width-flat", "pretrain",
           "Perplexity has a flat optimum across depth-width ratios (layers x hidden) at a fixed parameter budget",
-          DEPTH_WIDTH_SQL, flat_optimum("quality", "perplexity"), ("dw-*",)),
+          "depth_width", flat_optimum("quality", "perplexity"), ("dw-*",)),
     Claim("freeze-fastest", "finetune", "Layer freezing has the lowest latency per step of the fine-tuning methods",
-          _scores_sql("finetune", ("al_s",)), lowest("al_s", ("freeze",), "AL", "fine-tuning method"), ("freeze",)),
+          "scores", lowest("al_s", ("freeze",), "AL", "fine-tuning method"), ("freeze",), _scores(("al_s",))),
     Claim("dora-slowest", "finetune", "DoRA has the highest latency per step of the fine-tuning methods",
-          _scores_sql("finetune", ("al_s",)), highest("al_s", ("dora",), "AL", "fine-tuning method"), ("dora",)),
+          "scores", highest("al_s", ("dora",), "AL", "fine-tuning method"), ("dora",), _scores(("al_s",))),
     Claim("rslora-scale", "finetune",
           "RSLoRA beats LoRA only beyond ~14B parameters (below, LoRA is at least as good)",
-          RSLORA_SQL, lora_vs_rslora, ("lora", "rslora")),
+          "rslora", lora_vs_rslora, ("lora", "rslora")),
     Claim("int4-compression", "quantize",
           "int4 cuts model memory close to 4× (nominal; up to 3.9× measured) at a small (3-5%) quality drop",
-          INT4_SQL, int4_compression, ("int4", "bf16")),
+          "int4", int4_compression, ("int4", "bf16")),
     Claim("bf16-vs-fp16", "quantize",
           "bf16 serves with lower latency and energy than fp16 (paper: on Hopper GPUs)",
-          _scores_sql("quantize", ("al_s", "aec_w"), ("bf16", "fp16")),
-          all_of(versus("al_s", "bf16", "fp16", "lower", "AL"), versus("aec_w", "bf16", "fp16", "lower", "AEC")),
-          ("bf16", "fp16")),
+          "scores", all_of(versus("al_s", "bf16", "fp16", "lower", "AL"),
+                           versus("aec_w", "bf16", "fp16", "lower", "AEC")), ("bf16", "fp16"),
+          _scores(("al_s", "aec_w"), ("bf16", "fp16"))),
 )
 """The paper's findings this benchmark checks, in the order the report lists them."""
 
@@ -414,7 +353,8 @@ def check_claims(con: duckdb.DuckDBPyConnection, claims: Sequence[Claim] = CLAIM
     results: list[ClaimResult] = []
     for claim in claims:
         groups: dict[tuple[str, str, str], list[Row]] = {}
-        for row in tables.records(con, claim.sql):
+        sql = views.query(f"claims/{claim.query}")
+        for row in tables.records(con, sql, {"axis": claim.axis, **claim.params}):
             if rev is None or row["rev"] == rev:
                 groups.setdefault((row["rev"], row["stage"], row["board"]), []).append(row)
         if not groups:

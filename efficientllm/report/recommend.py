@@ -1,9 +1,9 @@
 """`efficientllm recommend`: which techniques to use under your constraints, and the numbers behind the choice.
 
-From the measured cells (means over trials, `scores`), keep those that satisfy every constraint given
-(peak memory, mean latency AL, quality drop against the axis baseline: mha / full / bf16), then return the
-Pareto-optimal ones of each board: no other satisfying cell of the board is at least as good on quality,
-peak memory, latency and energy per token and strictly better on one. Cells that fail a constraint are
+From the measured cells (means over trials, `scores`, read by report/sql/recommend/cells.sql), keep those that
+satisfy every constraint given (peak memory, mean latency AL, quality drop against the axis baseline: mha / full /
+bf16), then return the Pareto-optimal ones of each board: no other satisfying cell of the board is at least as good
+on quality, peak memory, latency and energy per token and strictly better on one. Cells that fail a constraint are
 listed with the reason, so a user sees what the constraint cost.
 
     efficientllm recommend --axis quantize --max-memory-bytes 2e9 --max-quality-drop 0.02
@@ -16,7 +16,7 @@ from typing import Any
 
 import duckdb
 
-from efficientllm.report import tables
+from efficientllm.report import tables, views
 
 AXES = ("pretrain", "finetune", "quantize")
 
@@ -26,26 +26,6 @@ OBJECTIVES: tuple[tuple[str, bool], ...] = (
     ("energy_j_per_token", False),
 )
 """(column, higher is better) of the Pareto objectives besides quality (whose direction comes from its metric)."""
-
-CELLS_SQL = """
-SELECT
-    rev, axis, stage, board, cell, technique_key, bool_or(is_baseline) AS is_baseline,
-    max(n) FILTER (WHERE metric = 'quality') AS n_trials,
-    any_value(quality_metric) FILTER (WHERE metric = 'quality') AS quality_metric,
-    max(mean) FILTER (WHERE metric = 'quality') AS quality,
-    bool_or(higher_is_better) FILTER (WHERE metric = 'quality') AS quality_higher_is_better,
-    max(baseline_mean) FILTER (WHERE metric = 'quality') AS baseline_quality,
-    max(mean) FILTER (WHERE metric = 'peak_mem_bytes') AS peak_mem_bytes,
-    max(mean) FILTER (WHERE metric = 'al_s') AS al_s,
-    max(mean) FILTER (WHERE metric = 'energy_j_per_token') AS energy_j_per_token,
-    max(mean) FILTER (WHERE metric = 'cost_usd_per_mtok') AS cost_usd_per_mtok,
-    max(mean) FILTER (WHERE metric = 'co2_g_per_mtok') AS co2_g_per_mtok
-FROM scores
-WHERE rev = ? AND (? IS NULL OR axis = ?)
-GROUP BY rev, axis, stage, board, cell, technique_key
-ORDER BY axis, stage, board, cell
-"""
-
 
 @dataclass(frozen=True)
 class Constraints:
@@ -144,7 +124,7 @@ def pareto_front(cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
 
 def recommend(con: duckdb.DuckDBPyConnection, constraints: Constraints, rev: str = "workspace") -> list[Board]:
     """The recommendation per board of `rev` (one board per stage, model size and dataset)."""
-    rows = tables.records(con, CELLS_SQL, [rev, constraints.axis, constraints.axis])
+    rows = tables.records(con, views.query("recommend/cells"), {"rev": rev, "axis": constraints.axis})
     boards: dict[tuple[str, str, str, str], Board] = {}
     passing: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for cell in rows:

@@ -3,11 +3,12 @@
 Every measured cell writes one row file (`records.write_row`). `connect` validates each file with
 `records.read_row`, loads them into an in-memory DuckDB as the table `rows` (typed from
 `records.duckdb_columns()`, so a column that is null everywhere still has its type, plus `rev` and
-`row_file`), then creates the views from the plain `.sql` files (`VIEW_FILES` order; a new file in
-report/sql/ is picked up too). `connect_loaded` does the same for rows read elsewhere, e.g. from several git
-revisions (`efficientllm.pipeline.revisions`), one `rev` each. Two small tables sit beside `rows`: `revisions` (the
-revisions loaded, in order) and `assumptions` (the user-set price and grid intensity of the cost and CO2
-columns). Users query them with SQL; the SQL never touches the row files, so a query cannot change a result.
+`row_file`), then creates the views from the plain `.sql` files (`VIEWS` order; a new file in report/sql/ is
+picked up too; the three leaderboards come from one template and `metric_catalog`). `connect_loaded` does the same
+for rows read elsewhere, e.g. from several git revisions (`efficientllm.pipeline.revisions`), one `rev` each. Two
+small tables sit beside `rows`: `revisions` (the revisions loaded, in order) and `assumptions` (the user-set price
+and grid intensity of the cost and CO2 columns). Users query them with SQL; the SQL never touches the row files,
+so a query cannot change a result.
 
 Read-only (the default, what `efficientllm sql` uses): once the views exist, the database loses file and
 network access and its configuration is locked, and `execute_read` refuses any statement that is not a read
@@ -32,26 +33,54 @@ import duckdb
 from efficientllm import records
 
 SQL_DIR = Path(__file__).with_name("sql")
+"""The report's SQL: one file per view (<view>.sql), the leaderboard template (templates/leaderboard.sql) and the
+queries of `claims` and `recommend` (claims/*.sql, recommend/*.sql; see `query`)."""
 
-VIEW_FILES: tuple[str, ...] = (
-    "latest.sql",
-    "measured.sql",
-    "pretrain.sql",
-    "finetune.sql",
-    "quantize.sql",
-    "failures.sql",
-    "t_critical.sql",
-    "metric_catalog.sql",
-    "trial_metrics.sql",
-    "scores.sql",
-    "leaderboard_pretrain.sql",
-    "leaderboard_finetune.sql",
-    "leaderboard_quantize.sql",
-    "pareto.sql",
-    "revision_diff.sql",
+VIEWS: tuple[str, ...] = (
+    "latest",
+    "measured",
+    "pretrain",
+    "finetune",
+    "quantize",
+    "failures",
+    "t_critical",
+    "metric_catalog",
+    "trial_metrics",
+    "scores",
+    "leaderboard_pretrain",
+    "leaderboard_finetune",
+    "leaderboard_quantize",
+    "pareto",
+    "revision_diff",
 )
-"""View definitions in load order. Any other .sql file in SQL_DIR is loaded after these, and a view whose
-dependencies are not there yet is retried once the others exist, so the order is a preference, not a contract."""
+"""The views in load order, each made from SQL_DIR/<view>.sql except `leaderboard_<axis>` (`leaderboard_sql`). The
+view of any other .sql file in SQL_DIR is created after these, and a view whose dependencies are not there yet is
+retried once the others exist, so the order is a preference, not a contract."""
+
+VIEW_FILES = VIEWS
+"""The old name of `VIEWS`, still read by the CLI's help (which strips a '.sql' these names no longer have)."""
+
+LEADERBOARD_TEMPLATE = "templates/leaderboard.sql"
+"""The one SQL file (in SQL_DIR) behind the three views `leaderboard_<axis>`."""
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """What the view `leaderboard_<axis>` shows besides the metrics `metric_catalog` lists for the axis."""
+
+    baseline: str
+    """The axis baseline technique (as `measured.baseline`): the ratio columns are named `<metric>_vs_<baseline>`."""
+    cell_columns: tuple[str, ...]
+    """The columns describing a cell, after its key (rev, stage, board, cell): columns of the template's `cells`."""
+
+
+LEADERBOARDS: dict[str, Leaderboard] = {
+    "pretrain": Leaderboard("mha", ("technique", "attention", "positional", "mlp", "family", "n_params",
+                                    "n_active_params")),
+    "finetune": Leaderboard("full", ("method", "task", "n_params", "n_trainable_params")),
+    "quantize": Leaderboard("bf16", ("precision", "model", "n_params", "nominal_bits")),
+}
+"""The leaderboard of each axis, in the order of `VIEWS`."""
 
 EXTRA_COLUMNS: dict[str, str] = {"rev": "VARCHAR", "row_file": "VARCHAR"}
 """Columns of `rows` beyond the schema: the revision a row was read at, and the file it came from."""
@@ -207,36 +236,92 @@ def _create_tables(con: duckdb.DuckDBPyConnection, revisions: Sequence[RevisionR
                     [row.get(name) for row in batch for name in names])
 
 
-def view_files() -> list[Path]:
-    """Every view file: `VIEW_FILES` first, in that order, then any other .sql file of SQL_DIR by name."""
-    listed = [SQL_DIR / name for name in VIEW_FILES]
-    others = sorted(p for p in SQL_DIR.glob("*.sql") if p.name not in VIEW_FILES)
-    return listed + others
+def query(name: str) -> str:
+    """The text of the query SQL_DIR/<name>.sql (e.g. 'claims/positional'): SQL the report runs over the views
+    without being one (its named parameters, $axis and so on, are listed in its header)."""
+    return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def _leaderboard_axis(view: str) -> str | None:
+    axis = view.removeprefix("leaderboard_")
+    return axis if axis != view and axis in LEADERBOARDS else None
+
+
+def view_names() -> list[str]:
+    """Every view: `VIEWS` first, in that order, then the view of any other .sql file of SQL_DIR, by name."""
+    return [*VIEWS, *sorted(p.stem for p in SQL_DIR.glob("*.sql") if p.stem not in VIEWS)]
+
+
+def view_file(view: str) -> Path:
+    """The file `view` is made from: SQL_DIR/<view>.sql, or the leaderboard template for `leaderboard_<axis>`."""
+    return SQL_DIR / (LEADERBOARD_TEMPLATE if _leaderboard_axis(view) else f"{view}.sql")
+
+
+def _pick(aggregate: str, column: str, metric: str, name: str) -> str:
+    """One pivot column of the leaderboard: `column` of `scores` for `metric`, named `name`."""
+    if not metric.isidentifier():  # it becomes a column name and a string literal
+        raise ValueError(f"metric_catalog: {metric!r} is not a plain column name")
+    return f"{aggregate}(s.{column}) FILTER (WHERE s.metric = '{metric}') AS {name}"
+
+
+def leaderboard_sql(con: duckdb.DuckDBPyConnection, axis: str) -> str:
+    """The CREATE VIEW statement of `leaderboard_<axis>`: the template filled in with the axis, its baseline and
+    cell columns (`LEADERBOARDS`) and, from the view `metric_catalog` on `con`, one mean per metric of the axis
+    (leaderboard_position order), a rank and a score per radar metric (position order) and a ratio to the baseline
+    per metric with a vs_baseline_position (in that order). Quality's own columns are written in the template."""
+    board = LEADERBOARDS[axis]
+    catalog = con.execute("SELECT metric, radar, position, leaderboard_position, vs_baseline_position "
+                          "FROM metric_catalog WHERE axis = ?", [axis]).fetchall()
+    others = [row for row in catalog if row[0] != "quality"]
+    means = [_pick("max", "mean", metric, metric) for metric, *_ in sorted(others, key=lambda row: row[3])]
+    ranks_and_scores = [
+        column
+        for metric, *_ in sorted((row for row in others if row[1]), key=lambda row: row[2])
+        for column in (_pick("max", "rank", metric, f"{metric}_rank"),
+                       _pick("max", "normalized_score", metric, f"{metric}_score"))
+    ]
+    ratios = [_pick("max", "vs_baseline", metric, f"{metric}_vs_{board.baseline}")
+              for metric, *_ in sorted((row for row in catalog if row[4] is not None), key=lambda row: row[4])]
+    sep = ",\n    "
+    return view_file(f"leaderboard_{axis}").read_text(encoding="utf-8").format(
+        axis=axis,
+        baseline=board.baseline,
+        cell_columns=sep.join(f"c.{name}" for name in board.cell_columns),
+        means=sep.join(means),
+        ranks_and_scores=sep.join(ranks_and_scores),
+        ratios=sep.join(ratios),
+    )
+
+
+def view_sql(con: duckdb.DuckDBPyConnection, view: str) -> str:
+    """The CREATE VIEW statement of `view` (see `view_file`); a leaderboard needs `metric_catalog` on `con`."""
+    axis = _leaderboard_axis(view)
+    return leaderboard_sql(con, axis) if axis else view_file(view).read_text(encoding="utf-8")
 
 
 def create_views(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Run every view file on `con`; returns the view names (the file stems) in the order they were created.
+    """Create every view (`view_names`) on `con`; returns their names in the order they were created.
 
-    A file that fails because a view it reads does not exist yet is retried after the others, so a new view
-    file works wherever it sorts; a file that still fails raises RuntimeError naming it.
+    A view that fails because a view it reads does not exist yet is retried after the others, so a new view
+    file works wherever it sorts; one that still fails raises RuntimeError naming its file.
     """
-    pending = view_files()
+    pending = view_names()
     created: list[str] = []
     while pending:
-        failed: list[tuple[Path, duckdb.Error]] = []
-        for path in pending:
+        failed: list[tuple[str, duckdb.Error]] = []
+        for view in pending:
             try:
-                con.execute(path.read_text(encoding="utf-8"))
+                con.execute(view_sql(con, view))
             except duckdb.CatalogException as e:  # reads a view created later: retry
-                failed.append((path, e))
+                failed.append((view, e))
                 continue
             except duckdb.Error as e:
-                raise RuntimeError(f"view file {path} failed: {e}") from e
-            created.append(path.stem)
+                raise RuntimeError(f"view {view} ({view_file(view)}) failed: {e}") from e
+            created.append(view)
         if len(failed) == len(pending):
-            path, error = failed[0]
-            raise RuntimeError(f"view file {path} failed: {error}") from error
-        pending = [path for path, _ in failed]
+            view, error = failed[0]
+            raise RuntimeError(f"view {view} ({view_file(view)}) failed: {error}") from error
+        pending = [view for view, _ in failed]
     return created
 
 

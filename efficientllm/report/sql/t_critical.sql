@@ -2,8 +2,9 @@
 --
 -- A cell measured n > 1 times gets mean ± t(0.975, n - 1) x sd / sqrt(n) in `scores`. DuckDB has no t
 -- quantile function, so the standard table is inlined (values to 3 decimals; checked against
--- scipy.stats.t.ppf(0.975, df) in tests/test_report_views.py). A df between two entries uses the entry
--- below it (a slightly wider, conservative interval); df >= 1000 uses the normal value 1.962 ~ 1.960.
+-- scipy.stats.t.ppf(0.975, df) by test_t_table_matches_scipy in tests/test_report_scores.py). A df between two
+-- entries uses the entry below it (a slightly wider, conservative interval); df >= 1000 uses the normal value
+-- 1.962 ~ 1.960.
 --
 --   efficientllm sql "SELECT * FROM t_critical WHERE df <= 5"
 CREATE VIEW t_critical AS
