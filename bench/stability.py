@@ -58,9 +58,11 @@ def main() -> None:
     from efficientllm.config import load_section, load_variant
     from efficientllm.measure import device_name
     from efficientllm.pretrain import pretrain_cell
+    from efficientllm.records import CellId
 
     cfg = dataclasses.replace(load_section(args.params, "pretrain"), checkpoint_every_steps=0)
-    kw = dict(slug=args.variant, base=load_section(args.params, "model"), cfg=cfg,
+    kw = dict(cell=CellId(axis="pretrain", stage="pretrain", cell=args.variant),
+              slug=args.variant, base=load_section(args.params, "model"), cfg=cfg,
               recipe=load_variant(args.params, args.variant), measure=load_section(args.params, "measure"),
               data_dir=Path(args.data_dir), model_out=None)
     rows = []

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -135,9 +135,56 @@ class TrialsConfig:
 
 
 @dataclass(frozen=True)
-class PretrainConfig(TrialsConfig):
+class TrainingConfig(TrialsConfig):
+    """What every training section (pretrain, finetune) has: where it runs, its seed, its processes, its
+    reliability limits. The recipe itself (batch, steps, learning rate, window) is each section's own."""
+
+    SECTION: ClassVar[str] = "training"
+    """The params section a subclass parses (error messages name it)."""
+
     device: str = "auto"
     """auto | cpu | cuda | cuda:N (auto: cuda when available)."""
+    seed: int = 1234
+    """Seed of model / adapter init, dropout and batch order."""
+    grad_clip: float = field(default=1.0, metadata=_meta(min=0.0))
+    """Gradient-norm clipping (0: off)."""
+    gradient_checkpointing: bool = False
+    """Recompute each block's activations in the backward (less memory, ~1/3 more compute)."""
+    nproc_per_node: int = field(default=1, metadata=_meta(min=1))
+    """Training processes (devices) on this machine; > 1 makes the stage launch itself under torchrun (nccl on
+    GPUs, gloo on CPU). batch_size is global: each process takes batch_size / nproc_per_node of every batch, and
+    the optimisation is one process's (same batch order, schedule and loss)."""
+    parallelism: str = field(default="ddp", metadata=_meta(choices=("ddp", "fsdp")))
+    """With several processes: ddp (a full replica per device) or fsdp (parameters, gradients and optimizer
+    state sharded over devices: the shapes one device cannot hold)."""
+    checkpoint_every_steps: int = field(default=0, metadata=_meta(min=0))
+    """Save a resumable checkpoint (weights, optimizer, scheduler, RNG, step) every N optimizer steps to
+    .cache/checkpoints/<section>/<cell>/; a killed cell resumes from the last one (0: off). One process or DDP
+    (rank 0 saves, every rank resumes); FSDP runs do not checkpoint. Saves are left out of the measured window."""
+    timeout_s: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
+    """Wall-clock limit of one cell's training loop in seconds, checked after every step; past it the cell
+    becomes a status='failed' row (None: no limit)."""
+    memory_limit_mb: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
+    """Resident-memory limit of the stage process in MiB, checked after every step (the CPU stand-in for a
+    device out-of-memory); past it the cell becomes a status='failed' row (None: no limit)."""
+
+    def __post_init__(self) -> None:
+        steps = getattr(self, "steps", None)
+        warmup = getattr(self, "measure_warmup_steps", 0)
+        if steps is not None and warmup >= steps:
+            raise ConfigError(f"[{self.SECTION}] measure_warmup_steps={warmup} must be < steps={steps}")
+        batch_size = getattr(self, "batch_size", 1)
+        if batch_size % self.nproc_per_node:
+            raise ConfigError(
+                f"[{self.SECTION}] batch_size={batch_size} must be a multiple of nproc_per_node={self.nproc_per_node}"
+            )
+
+
+@dataclass(frozen=True)
+class PretrainConfig(TrainingConfig):
+    """Pretraining: the recipe every variant shares (same data, token budget, schedule and window)."""
+
+    SECTION: ClassVar[str] = "pretrain"
     batch_size: int = field(default=8, metadata=_meta(min=1))
     """Sequences per optimizer step."""
     steps: int = field(default=60, metadata=_meta(min=1))
@@ -150,48 +197,19 @@ class PretrainConfig(TrialsConfig):
     """Linear learning-rate warm-up steps."""
     weight_decay: float = field(default=0.1, metadata=_meta(min=0.0))
     """AdamW weight decay on matrices (not on norms and biases)."""
-    grad_clip: float = field(default=1.0, metadata=_meta(min=0.0))
-    """Gradient-norm clipping (0: off)."""
     measure_warmup_steps: int = field(default=5, metadata=_meta(min=0))
     """Steps excluded from the measured window (same shapes as the timed steps)."""
     eval_batches: int = field(default=8, metadata=_meta(min=1))
     """Validation batches for perplexity (fixed blocks, the same for every variant)."""
-    seed: int = 1234
-    """Seed of model init and batch order."""
     dtype: str = field(default="auto", metadata=_meta(choices=("auto", "float32", "bfloat16")))
     """Compute dtype: bfloat16 autocast (fp32 weights and optimizer state), float32, or auto (bf16 on a CUDA
     device that supports it, else fp32)."""
     micro_batch_size: int | None = field(default=None, metadata=_meta(min=1))
     """Sequences per forward on one device; batch_size / (processes x micro_batch_size) forwards accumulate
     gradients into one step. None: batch_size / processes (no accumulation)."""
-    gradient_checkpointing: bool = False
-    """Recompute each block's activations in the backward (less memory, ~1/3 more compute)."""
-    nproc_per_node: int = field(default=1, metadata=_meta(min=1))
-    """Training processes (devices) on this machine; > 1 makes the stage launch itself under torchrun
-    (nccl on GPUs, gloo on CPU). batch_size is global: each process trains on batch_size / nproc_per_node."""
-    parallelism: str = field(default="ddp", metadata=_meta(choices=("ddp", "fsdp")))
-    """With several processes: ddp (a full replica per device) or fsdp (parameters, gradients and optimizer
-    state sharded over devices: the larger shapes)."""
-    checkpoint_every_steps: int = field(default=0, metadata=_meta(min=0))
-    """Save a resumable checkpoint (model, optimizer, scheduler, RNG, step) every N optimizer steps to
-    .cache/checkpoints/pretrain/<variant>/; a killed cell resumes from the last one (0: off). One process or DDP
-    (rank 0 saves, every rank resumes); FSDP runs do not checkpoint."""
-    timeout_s: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
-    """Wall-clock limit of one cell's training loop in seconds, checked after every step; past it the cell
-    becomes a status='failed' row (None: no limit)."""
-    memory_limit_mb: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
-    """Resident-memory limit of the stage process in MiB, checked after every step (the CPU stand-in for a
-    device out-of-memory); past it the cell becomes a status='failed' row (None: no limit)."""
 
     def __post_init__(self) -> None:
-        if self.measure_warmup_steps >= self.steps:
-            raise ConfigError(
-                f"[pretrain] measure_warmup_steps={self.measure_warmup_steps} must be < steps={self.steps}"
-            )
-        if self.batch_size % self.nproc_per_node:
-            raise ConfigError(
-                f"[pretrain] batch_size={self.batch_size} must be a multiple of nproc_per_node={self.nproc_per_node}"
-            )
+        super().__post_init__()
         per_process = self.batch_size // self.nproc_per_node
         if self.micro_batch_size is not None and per_process % self.micro_batch_size:
             raise ConfigError(
@@ -239,9 +257,11 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(TrialsConfig):
+class FinetuneConfig(TrainingConfig):
     """Fine-tuning: the base model, the shared recipe (same data, batch, steps and window for every method) and
     each method's knobs. Full fine-tuning runs at the same batch size as the PEFT methods."""
+
+    SECTION: ClassVar[str] = "finetune"
 
     base_model: str = "models/pretrain/mha"
     """The model every method starts from: a local directory (default: the pretrain stage's base) or a hub id."""
@@ -249,8 +269,6 @@ class FinetuneConfig(TrialsConfig):
     """Hub revision (a commit sha) of a hub base_model; None for local directories."""
     base_source: str | None = None
     """Where a local base_model's weights came from (e.g. `meta-llama/Llama-3.2-1B@<commit>`); copied into rows."""
-    device: str = "auto"
-    """auto | cpu | cuda | cuda:N (auto: cuda when available)."""
     dtype: str = field(default="auto", metadata=_meta(choices=("auto", "float32", "bfloat16", "float16")))
     """Weights dtype of the base (auto: bfloat16 on a CUDA device that supports it, else float32)."""
     batch_size: int = field(default=4, metadata=_meta(min=1))
@@ -270,8 +288,6 @@ class FinetuneConfig(TrialsConfig):
     """Linear warm-up steps, then cosine decay to 10% of the peak."""
     weight_decay: float = field(default=0.0, metadata=_meta(min=0.0))
     """AdamW weight decay."""
-    grad_clip: float = field(default=1.0, metadata=_meta(min=0.0))
-    """Gradient-norm clipping (0: off)."""
     lora_r: int = field(default=8, metadata=_meta(min=1))
     """Adapter rank r of every LoRA-family method."""
     lora_alpha: int = field(default=16, metadata=_meta(min=1))
@@ -290,16 +306,6 @@ class FinetuneConfig(TrialsConfig):
     """QLoRA: 4-bit data type of the frozen base (bitsandbytes)."""
     qlora_double_quant: bool = True
     """QLoRA: quantize the quantization constants too (saves ~0.4 bit per weight)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
-    nproc_per_node: int = field(default=1, metadata=_meta(min=1))
-    """Training processes (devices) on this machine; > 1 makes the stage launch itself under torchrun (nccl on
-    GPUs, gloo on CPU), with the same optimisation as one process: the batch order, batch_size (global) and
-    grad_accum_steps do not change, the loss is weighted over the processes' response tokens."""
-    parallelism: str = field(default="ddp", metadata=_meta(choices=("ddp", "fsdp")))
-    """With several processes: ddp (a full replica per device: every method, QLoRA included) or fsdp (weights,
-    gradients and optimizer state sharded over devices: full / freeze fine-tuning of models one device cannot
-    hold; QLoRA under fsdp is a skipped row)."""
     measure_warmup_steps: int = field(default=4, metadata=_meta(min=0))
     """Optimizer steps excluded from the measured window (same shapes as the timed steps)."""
     eval_examples: int = field(default=32, metadata=_meta(min=1))
@@ -308,32 +314,13 @@ class FinetuneConfig(TrialsConfig):
     """Eval records answered by greedy generation for exact match (0: off; only records with an `answer`)."""
     max_new_tokens: int = field(default=64, metadata=_meta(min=1))
     """Generation budget of the exact-match check."""
-    seed: int = 1234
-    """Seed of adapter init, dropout and batch order."""
-    checkpoint_every_steps: int = field(default=0, metadata=_meta(min=0))
-    """Save a resumable checkpoint (trainable weights, optimizer, scheduler, RNG, step) every N optimizer steps to
-    .cache/checkpoints/finetune/<cell>/; a killed cell resumes from the last one (0: off; as in pretrain, one
-    process or DDP, not FSDP)."""
-    timeout_s: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
-    """Wall-clock limit of one cell's training loop in seconds, checked after every step; past it the cell
-    becomes a status='failed' row (None: no limit)."""
-    memory_limit_mb: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
-    """Resident-memory limit of the stage process in MiB, checked after every step (the CPU stand-in for a
-    device out-of-memory); past it the cell becomes a status='failed' row (None: no limit)."""
 
     def __post_init__(self) -> None:
-        if self.steps is not None and self.measure_warmup_steps >= self.steps:
-            raise ConfigError(
-                f"[finetune] measure_warmup_steps={self.measure_warmup_steps} must be < steps={self.steps}"
-            )
+        super().__post_init__()
         if not self.target_modules:
             raise ConfigError("[finetune] target_modules: the list is empty")
         if not re.fullmatch(r"pissa(_niter_[1-9][0-9]*)?", self.pissa_init):
             raise ConfigError(f"[finetune] pissa_init: {self.pissa_init!r} is not pissa or pissa_niter_<n>")
-        if self.batch_size % self.nproc_per_node:
-            raise ConfigError(
-                f"[finetune] batch_size={self.batch_size} must be a multiple of nproc_per_node={self.nproc_per_node}"
-            )
 
 
 @dataclass(frozen=True)

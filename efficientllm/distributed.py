@@ -17,24 +17,20 @@ Backends: nccl on CUDA (a rank's device is cuda:LOCAL_RANK), gloo on the CPU (wh
 `ddp` replicates the model (DistributedDataParallel); `fsdp` shards parameters, gradients and optimizer state
 (FSDP2 `fully_shard`, one unit per decoder block) for the shapes whose replicas do not fit.
 
-A stage with `nproc_per_node > 1` starts its ranks through `launch_ranks` (the same launcher for every stage):
+A stage with `nproc_per_node > 1` starts its ranks itself (stages.cells.launch_ranks, the same launcher for every
+stage); this module is what each rank runs:
 
     torchrun --standalone --nproc_per_node 2 -m stages.pretrain --variant mha   # what the stage launches itself
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import math
 import os
-import shlex
 import socket
-import subprocess
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,63 +51,6 @@ def under_torchrun(environ: dict[str, str] | None = None) -> bool:
     """True inside a process that torchrun (or another launcher setting RANK / WORLD_SIZE) started."""
     env = os.environ if environ is None else environ
     return any(k in env for k in TORCHRUN_ENV) or ("RANK" in env and "WORLD_SIZE" in env)
-
-
-def torchrun_command(module: str, args: Sequence[str], nproc_per_node: int) -> list[str]:
-    """The command that runs `python -m module args` as `nproc_per_node` ranks on this machine.
-
-    `python -m torch.distributed.run` is the `torchrun` console script, found through the running interpreter
-    so the same environment runs the workers; `--standalone` rendezvouses on a free local port.
-    """
-    if nproc_per_node < 1:
-        raise ValueError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-            "-m", module, *args]
-
-
-TORCHRUN_TAIL_LINES = 60
-"""Output lines of a torchrun group that died without a row, kept in the failed row's error."""
-LAUNCHED_RANKS_ENV = "EFFICIENTLLM_STAGE_LAUNCHED_RANKS"
-"""Set to 1 for the ranks a stage starts itself (`launch_ranks`); an outside launcher's ranks lack it (a stage
-that runs repeated trials after its ranks end needs to be the one that started them)."""
-
-
-def launch_ranks(module: str, argv: Sequence[str], nproc_per_node: int, *, device: str, section: str,
-                 row_path: Path, record_failure: Callable[[BaseException], None], label: str) -> int:
-    """Run stage `module` as `nproc_per_node` ranks on this machine (torchrun) and wait for them; returns 0.
-
-    `argv` is the stage's own command line, passed through unchanged (every flag a stage has, today's and later
-    ones, reaches its ranks). Refused before anything starts, as bad params (ValueError: the stage exits 2): a
-    `device` naming one GPU, and fewer visible GPUs than ranks. Rank 0 writes the row; a row left at `row_path`
-    by an earlier run is removed first so it cannot pass for this one's. A group that ends without a row (a rank
-    killed or out of memory while rank 0 waited in a collective, a crash before rank 0 could record it) gets one
-    from `record_failure`, called with an error holding torchrun's exit code and last output lines.
-    """
-    import torch
-
-    if device.strip().lower().startswith("cuda:"):
-        raise ValueError(f"[{section}] device: {device!r} names one GPU, but nproc_per_node={nproc_per_node}; "
-                         "use cuda or auto")
-    if resolve_device(device).type == "cuda" and torch.cuda.device_count() < nproc_per_node:
-        raise ValueError(f"[{section}] nproc_per_node={nproc_per_node} but {torch.cuda.device_count()} GPU(s) "
-                         "are visible")
-    row_path = Path(row_path)
-    row_path.unlink(missing_ok=True)
-    cmd = torchrun_command(module, list(argv), nproc_per_node)
-    print(f"{label}: {shlex.join(cmd)}", flush=True)
-    tail: collections.deque[str] = collections.deque(maxlen=TORCHRUN_TAIL_LINES)
-    env = {**os.environ, LAUNCHED_RANKS_ENV: "1"}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                          env=env) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # show the ranks' output as it comes, keep the end for a failed row
-            sys.stdout.write(line)
-            tail.append(line)
-    if row_path.exists():  # rank 0 wrote the row: ok, or failed as recorded by rank 0 itself
-        return 0
-    record_failure(RuntimeError(f"torchrun with {nproc_per_node} processes exited {proc.returncode} without a row; "
-                                "last output:\n" + "".join(tail)))
-    return 0
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,13 @@ cell built it, adapter included).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import random
 import tempfile
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,6 @@ from efficientllm.checkpoint import (
     RUN_KNOBS,
     CellGuard,
     Checkpointer,
-    TrainingDiverged,
     cell_key,
     code_digest,
     file_digest,
@@ -58,29 +56,15 @@ from efficientllm.config import ConfigError, FinetuneConfig, MeasureConfig, SFTC
 from efficientllm.data.sft import IGNORE_INDEX, EncodedSFT, encode_examples, extract_output, format_example, load_split
 from efficientllm.distributed import (
     DistContext,
-    aggregate_windows,
     full_state_dict,
     gradient_sync,
     is_sharded,
     micro_batching,
-    per_device_summary,
     single_process,
-    window_payload,
     wrap_model,
 )
-from efficientllm.measure import (
-    MeasurementWindow,
-    StepTimer,
-    device_name,
-    measure_peak_flops,
-    metrics,
-    mfu,
-    num_threads,
-    synchronize,
-)
-from efficientllm.measure.provenance import provenance
-from efficientllm.measure.timing import latency_columns
-from efficientllm.pretrain import warmup_cosine
+from efficientllm.measure import metrics
+from efficientllm.records import CellId, CellOutcome
 from efficientllm.techniques import (
     BASE_QUANTIZATION,
     METHODS,
@@ -91,6 +75,15 @@ from efficientllm.techniques import (
     unsupported_reason,
 )
 from efficientllm.techniques.quantization import logical_numel, weight_bytes
+from efficientllm.training import (
+    LoopResult,
+    StepWork,
+    curve_csv,
+    measured_peak,
+    train_measured,
+    training_columns,
+    warmup_cosine,
+)
 
 FAILED_MARKER = "FAILED.json"
 """Written by a failed upstream cell in place of its model (see stages/cells.py)."""
@@ -100,14 +93,6 @@ MIN_LR_RATIO = 0.1
 
 class CellSkipped(RuntimeError):
     """The method cannot run on this device (e.g. no 4-bit backend); the row is `skipped` with this reason."""
-
-
-@dataclass
-class FinetuneOutcome:
-    row: dict[str, Any]
-    """Row-schema fields of the cell."""
-    loss_curve: list[dict[str, float]]
-    """One record per optimizer step: step, loss, lr, samples, step_s."""
 
 
 # --- checks before anything runs -----------------------------------------------------------------------------
@@ -413,7 +398,7 @@ def _trajectory_key(method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConf
     base = Path(cfg.base_model)
     base_files = {p.name: file_digest(p) for p in sorted(base.glob("*")) if p.is_file()} if base.is_dir() else {}
     here = Path(__file__).resolve().parent
-    code = code_digest([here / "finetune.py", here / "pretrain.py", here / "techniques" / "peft_methods.py",
+    code = code_digest([here / "finetune.py", here / "training.py", here / "techniques" / "peft_methods.py",
                         here / "data" / "sft.py", here / "models"])
     return cell_key("finetune", method, dataset, dataclasses.asdict(sft), train, data, base_files, code)
 
@@ -461,9 +446,185 @@ def _plain_model(model: nn.Module, dist: DistContext, cfg: FinetuneConfig, metho
     return plain.to(dist.device)
 
 
-def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConfig, measure: MeasureConfig,
-                  data_dir: Path, out_dir: Path | None, checkpoint_dir: Path | None = None,
-                  dist: DistContext | None = None) -> FinetuneOutcome:
+@dataclass
+class SFTData:
+    """One cell's prepared SFT data, encoded with the base's tokenizer."""
+
+    stats: dict[str, Any]
+    """prepare_sft's stats.json (source, label, split seed, hub commit; empty when absent)."""
+    eval_records: list[dict[str, Any]]
+    """The eval split's records (exact match answers some of them)."""
+    train: EncodedSFT
+    evals: EncodedSFT
+
+
+def load_data(data_dir: Path, sft: SFTConfig, cfg: FinetuneConfig, tokenizer: Any) -> SFTData:
+    """The train split and the first `cfg.eval_examples` eval records, encoded as `sft` says; ValueError when the
+    length policy leaves no sequence."""
+    data_dir = Path(data_dir)
+    stats_file = data_dir / "stats.json"
+    stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.exists() else {}
+    train_records, eval_records = load_split(data_dir, "train"), load_split(data_dir, "eval")
+    enc_kwargs = dict(template=sft.template, prompt_template=sft.prompt_template, max_seq_len=sft.max_seq_len,
+                      overlong=sft.overlong)
+    train = encode_examples(train_records, tokenizer, **enc_kwargs)
+    evals = encode_examples(eval_records[:cfg.eval_examples], tokenizer, **enc_kwargs)
+    if not train.input_ids:
+        raise ValueError(f"no train sequence left after the length policy (dropped {train.n_dropped})")
+    if not evals.input_ids:
+        raise ValueError(f"no eval sequence left after the length policy (dropped {evals.n_dropped})")
+    return SFTData(stats=stats, eval_records=eval_records, train=train, evals=evals)
+
+
+def build_model(method: str, cfg: FinetuneConfig, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, int]:
+    """(the base with `method` applied, in train mode; the base's parameter count). The adapter init is seeded
+    with `cfg.seed`, the same on every rank."""
+    model = load_base(cfg, method, device, dtype)
+    base_params = parameter_counts(model)["total"]
+    if cfg.gradient_checkpointing and method != "qlora":  # qlora enables it in prepare_model_for_kbit_training
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(cfg.seed)  # the same adapter init on every rank
+    model = METHODS[method](model, cfg)
+    model.train()
+    return model, base_params
+
+
+def sft_step(train_model: nn.Module, data: EncodedSFT, batches: list[list[int]], *, cfg: FinetuneConfig,
+             per_rank: int, pad_id: int, seq_len: int, dist: DistContext) -> Callable[[int], StepWork]:
+    """One optimizer step's forwards and backwards over its `cfg.grad_accum_steps` micro-batches (batch order:
+    `batches`, a list indexed by micro-step, so resuming needs no skipping)."""
+    # Response tokens (shifted targets) of each record: a micro-batch's total weights the ranks' losses.
+    targets = [sum(y != IGNORE_INDEX for y in lab[1:seq_len]) for lab in data.labels]
+    device = dist.device
+    samples = cfg.batch_size * cfg.grad_accum_steps
+
+    def step_fn(step: int) -> StepWork:
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on the device: one sync per step
+        for micro in range(cfg.grad_accum_steps):
+            idx = batches[step * cfg.grad_accum_steps + micro]
+            kwargs = {"num_items_in_batch": sum(targets[i] for i in idx)} if dist.distributed else {}
+            idx = idx[dist.rank * per_rank:(dist.rank + 1) * per_rank]  # this rank's share
+            ids, lab = collate([data.input_ids[i] for i in idx], [data.labels[i] for i in idx], pad_id, seq_len,
+                               device)
+            # Right padding under a causal mask cannot change real positions, so no attention mask is passed and
+            # the kernel takes its fast causal path; padding labels carry no loss.
+            with gradient_sync(train_model, enabled=micro == cfg.grad_accum_steps - 1):
+                out = train_model(input_ids=ids, labels=lab, use_cache=False, **kwargs)
+                loss = _rank_loss(out, dist.world_size)
+                (loss / cfg.grad_accum_steps).backward()
+            loss_sum += loss.detach().double()
+        # the micro-batches' mean loss (the loop averages it over ranks)
+        return StepWork(loss=loss_sum / cfg.grad_accum_steps, tokens=samples * seq_len,
+                        computed_tokens=samples * seq_len)
+
+    return step_fn
+
+
+def method_facts(method: str, cfg: FinetuneConfig, counts: dict[str, int], is_4bit: bool) -> dict[str, Any]:
+    """The `extra` fields that say what the method trained and with which knobs."""
+    adapter = bool(counts["adapter"])
+    lr = learning_rate(method, cfg)
+    return {
+        "method": method,
+        "n_adapter_params": counts["adapter"],
+        "trainable_fraction": counts["trainable"] / counts["total"] if counts["total"] else None,
+        "lr": lr,
+        "lr_b": lr * cfg.loraplus_lr_ratio if method == "loraplus" else None,
+        "lora_r": cfg.lora_r if adapter else None,
+        "lora_alpha": cfg.lora_alpha if adapter else None,
+        "target_modules": list(cfg.target_modules) if adapter else None,
+        "freeze_trainable_blocks": cfg.freeze_trainable_blocks if method == "freeze" else None,
+        "qlora_quant_type": cfg.qlora_quant_type if is_4bit else None,
+        "same_batch_size_as_peft": True,
+    }
+
+
+def run_facts(loop: LoopResult, cfg: FinetuneConfig, dist: DistContext, *, sharded: bool,
+              steps: int) -> dict[str, Any]:
+    """The `extra` fields that say how the run was laid out: steps, batches, processes, checkpoints."""
+    return {
+        "resumed_from_step": loop.start or None,  # a killed run resumed from its checkpoint after this many steps
+        "checkpoint_s": loop.checkpoint_s,  # checkpoint saves, left out of every window figure
+        "checkpointing": ("off: FSDP shards (checkpoint/resume needs one process or DDP)"
+                          if cfg.checkpoint_every_steps and sharded else None),
+        "parallelism": cfg.parallelism if dist.distributed else None,
+        "per_device": loop.per_device,
+        "per_device_batch_size": cfg.batch_size // dist.world_size,
+        "samples_per_step": cfg.batch_size * cfg.grad_accum_steps,
+        "grad_accum_steps": cfg.grad_accum_steps,
+        "optimizer_steps": steps,
+        "window_tokens_padded": loop.computed_tokens,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+    }
+
+
+def data_facts(data: SFTData, sft: SFTConfig, em: dict[str, Any]) -> dict[str, Any]:
+    """The `extra` fields that say what data the cell trained and was scored on."""
+    return {
+        "dataset_source": data.stats.get("source"),
+        "dataset_label": data.stats.get("label"),
+        "dataset_commit": data.stats.get("hub_commit"),  # the hub commit prepare_sft read (hub sources only)
+        "eval_examples": len(data.evals.input_ids),
+        "exact_match": em["exact_match"],
+        "exact_match_n": em["exact_match_n"],
+        "exact_match_samples": em.get("exact_match_samples"),
+        "template": data.train.template,
+        "train_examples": len(data.train.input_ids),
+        "train_truncated": data.train.n_truncated,
+        "train_dropped": data.train.n_dropped,
+        "eval_truncated": data.evals.n_truncated,
+        "eval_dropped": data.evals.n_dropped,
+    }
+
+
+def _runnable(method: str, cfg: FinetuneConfig, dist: DistContext) -> int:
+    """Sequences per rank of every micro-batch, once the cell is known to be runnable: ConfigError for an unknown
+    method or a batch the ranks cannot split, RuntimeError for a failed upstream base, CellSkipped for a method the
+    device (or the parallelism) cannot run."""
+    if method not in METHODS:
+        raise ConfigError(f"[matrix] finetune_methods: unknown method {method!r} (known: {', '.join(METHODS)})")
+    marker = Path(cfg.base_model) / FAILED_MARKER
+    if marker.exists():  # the upstream cell left a marker instead of weights
+        raise RuntimeError(f"the base model's cell failed: {marker.read_text(encoding='utf-8').strip()}")
+    per_rank, _ = micro_batching(cfg.batch_size, dist.world_size, None, section="finetune")
+    reason = distributed_unsupported(method, cfg.parallelism, dist.world_size) or unsupported_reason(method,
+                                                                                                     dist.device)
+    if reason is not None:
+        raise CellSkipped(reason)
+    return per_rank
+
+
+def _train(model: nn.Module, train_model: nn.Module, data: SFTData, *, method: str, dataset: str, sft: SFTConfig,
+           cfg: FinetuneConfig, measure: MeasureConfig, dist: DistContext, dtype: torch.dtype, data_dir: Path,
+           checkpoint_dir: Path | None, pad_id: int) -> tuple[LoopResult, int, dict[str, Any], float | None]:
+    """The measured training run of a cell: (the loop's result, optimizer steps, the peak-FLOP/s calibration and
+    the summed peak)."""
+    per_rank = cfg.batch_size // dist.world_size
+    opt = make_optimizer(method, model, cfg)  # after wrapping: FSDP replaced the parameters by shards
+    samples_per_step = cfg.batch_size * cfg.grad_accum_steps
+    steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(data.train.input_ids) / samples_per_step))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, cfg.lr_warmup_steps, MIN_LR_RATIO))
+    peak, peak_total = measured_peak(dist.device, dtype, measure, dist)
+    checkpointer = None
+    # One process or DDP (replicas hold the whole state: rank 0 saves it, every rank resumes from it); not FSDP
+    if checkpoint_dir is not None and cfg.checkpoint_every_steps and not is_sharded(model):
+        # hashing the data and the base weights once is enough: every rank reads the same files
+        key = dist.broadcast(_trajectory_key(method, dataset, sft, cfg, data_dir) if dist.is_main else None)
+        checkpointer = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps, trainable_only=True)
+    batches = batch_order(len(data.train.input_ids), cfg.batch_size, cfg.seed, steps * cfg.grad_accum_steps)
+    step_fn = sft_step(train_model, data.train, batches, cfg=cfg, per_rank=per_rank, pad_id=pad_id,
+                       seq_len=sft.max_seq_len, dist=dist)
+    loop = train_measured(step_fn, section="finetune", model=model, optimizer=opt, scheduler=sched, steps=steps,
+                          warmup_steps=min(cfg.measure_warmup_steps, steps - 1),
+                          clip_params=[p for p in model.parameters() if p.requires_grad], grad_clip=cfg.grad_clip,
+                          dist=dist, measure=measure, progress=("samples", samples_per_step),
+                          guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "finetune"), checkpointer=checkpointer)
+    return loop, steps, peak, peak_total
+
+
+def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConfig,
+                  measure: MeasureConfig, data_dir: Path, out_dir: Path | None, checkpoint_dir: Path | None = None,
+                  dist: DistContext | None = None) -> CellOutcome:
     """Fine-tune the base with `method` on the prepared SFT split in `data_dir` and measure it.
 
     Raises CellSkipped when the device cannot run the method, TrainingDiverged on a NaN/inf loss (the stage turns
@@ -476,46 +637,20 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
     QLoRA under FSDP is CellSkipped (bitsandbytes' 4-bit weights do not shard); under DDP it runs.
     """
     t_cell = time.perf_counter()
-    if method not in METHODS:
-        raise ConfigError(f"[matrix] finetune_methods: unknown method {method!r} (known: {', '.join(METHODS)})")
-    marker = Path(cfg.base_model) / FAILED_MARKER
-    if marker.exists():  # the upstream cell left a marker instead of weights
-        raise RuntimeError(f"the base model's cell failed: {marker.read_text(encoding='utf-8').strip()}")
     dist = dist or single_process(cfg.device)
     device = dist.device
-    per_rank, _ = micro_batching(cfg.batch_size, dist.world_size, None, section="finetune")
-    sharded = dist.distributed and cfg.parallelism == "fsdp"
-    reason = distributed_unsupported(method, cfg.parallelism, dist.world_size) or unsupported_reason(method, device)
-    if reason is not None:
-        raise CellSkipped(reason)
-    data_dir = Path(data_dir)
-    stats = json.loads((data_dir / "stats.json").read_text(encoding="utf-8")) if (data_dir / "stats.json").exists() \
-        else {}
+    per_rank = _runnable(method, cfg, dist)
     tokenizer = load_tokenizer(cfg)
-    train_records, eval_records = load_split(data_dir, "train"), load_split(data_dir, "eval")
-    enc_kwargs = dict(template=sft.template, prompt_template=sft.prompt_template, max_seq_len=sft.max_seq_len,
-                      overlong=sft.overlong)
-    train = encode_examples(train_records, tokenizer, **enc_kwargs)
-    evals = encode_examples(eval_records[:cfg.eval_examples], tokenizer, **enc_kwargs)
-    if not train.input_ids:
-        raise ValueError(f"no train sequence left after the length policy (dropped {train.n_dropped})")
-    if not evals.input_ids:
-        raise ValueError(f"no eval sequence left after the length policy (dropped {evals.n_dropped})")
+    data = load_data(data_dir, sft, cfg, tokenizer)
     seq_len, pad_id = sft.max_seq_len, tokenizer.pad_token_id
 
     dtype = resolve_dtype(cfg.dtype, device)
     # FSDP: the base loads on the host; wrap_model moves each block to the device as it shards it
-    model = load_base(cfg, method, torch.device("cpu") if sharded else device, dtype)
-    base_counts = parameter_counts(model)
-    if cfg.gradient_checkpointing and method != "qlora":  # qlora enables it in prepare_model_for_kbit_training
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    torch.manual_seed(cfg.seed)  # the same adapter init on every rank
-    model = METHODS[method](model, cfg)
-    model.train()
+    sharded = dist.distributed and cfg.parallelism == "fsdp"
+    model, base_params = build_model(method, cfg, torch.device("cpu") if sharded else device, dtype)
     counts = parameter_counts(model)
     flops = training_flops_per_token(model, seq_len)
     model_bytes = weight_bytes(model)["total"]  # as held: QLoRA's 4-bit absmax / code constants included
-
     initial_dir = tempfile.TemporaryDirectory(prefix="efficientllm-init-adapter-")
     initial_adapter = None
     if out_dir is not None and dist.is_main and _uses_initial_conversion(model):
@@ -525,80 +660,14 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
     # DDP replica / FSDP shards (identity for one process); `model` stays the module itself (FSDP: sharded in
     # place) for evaluation, the optimizer and checkpoints, `train_model` runs the training forwards.
     train_model = wrap_model(model, dist, cfg.parallelism, section="finetune")
-    eval_loss_initial = response_loss(model, evals, per_rank, pad_id, seq_len, device, dist=dist)
-
-    lr = learning_rate(method, cfg)
-    opt = make_optimizer(method, model, cfg)  # after wrapping: FSDP replaced the parameters by shards
-    samples_per_step = cfg.batch_size * cfg.grad_accum_steps
-    steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train.input_ids) / samples_per_step))
+    eval_loss_initial = response_loss(model, data.evals, per_rank, pad_id, seq_len, device, dist=dist)
+    loop, steps, peak, peak_total = _train(model, train_model, data, method=method, dataset=dataset, sft=sft,
+                                           cfg=cfg, measure=measure, dist=dist, dtype=dtype, data_dir=data_dir,
+                                           checkpoint_dir=checkpoint_dir, pad_id=pad_id)
     warm = min(cfg.measure_warmup_steps, steps - 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, cfg.lr_warmup_steps, MIN_LR_RATIO))
-    peak = None
-    if dist.is_main:  # one calibration: ranks run the same device model, and CPU ranks would contend for cores
-        peak = measure_peak_flops(device, dtype, n=measure.peak_calibration_n,
-                                  cache_path=Path(measure.cache_dir) / "peak_flops.json")
-    peak = dist.broadcast(peak)
-    peak_total = peak["peak_flops_per_s"] * dist.world_size if peak["peak_flops_per_s"] else None
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    batches = batch_order(len(train.input_ids), cfg.batch_size, cfg.seed, steps * cfg.grad_accum_steps)
-    # Response tokens (shifted targets) of each record: a micro-batch's total weights the ranks' losses.
-    targets = [sum(y != IGNORE_INDEX for y in lab[1:seq_len]) for lab in train.labels]
+    samples_per_step = cfg.batch_size * cfg.grad_accum_steps
 
-    timer = StepTimer(sync=lambda: synchronize(device))
-    window = MeasurementWindow(device, interval_s=measure.sample_interval_s, watts_per_core=measure.cpu_watts_per_core)
-    curve: list[dict[str, float]] = []
-    ckpt, start = None, 0
-    # One process or DDP (replicas hold the whole state: rank 0 saves it, every rank resumes from it); not FSDP
-    if checkpoint_dir is not None and cfg.checkpoint_every_steps and not is_sharded(model):
-        # hashing the data and the base weights once is enough: every rank reads the same files
-        key = dist.broadcast(_trajectory_key(method, dataset, sft, cfg, data_dir) if dist.is_main else None)
-        ckpt = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps, trainable_only=True)
-        state = ckpt.load(model, opt, sched)
-        if state is not None:
-            start, curve = int(state["steps_done"]), list(state["curve"])
-    guard = CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "finetune")
-    window_start = max(warm, start)  # a resumed run measures the steps it runs itself
-    with contextlib.ExitStack() as stack:
-        for step in range(start, steps):  # the batch order is a list indexed by step: resuming needs no skipping
-            if step == window_start:
-                stack.enter_context(window)
-            with timer.step():
-                loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on the device: one sync per step
-                for micro in range(cfg.grad_accum_steps):
-                    idx = batches[step * cfg.grad_accum_steps + micro]
-                    kwargs = {"num_items_in_batch": sum(targets[i] for i in idx)} if dist.distributed else {}
-                    idx = idx[dist.rank * per_rank:(dist.rank + 1) * per_rank]  # this rank's share
-                    ids, lab = collate([train.input_ids[i] for i in idx], [train.labels[i] for i in idx],
-                                       pad_id, seq_len, device)
-                    # Right padding under a causal mask cannot change real positions, so no attention mask is
-                    # passed and the kernel takes its fast causal path; padding labels carry no loss.
-                    with gradient_sync(train_model, enabled=micro == cfg.grad_accum_steps - 1):
-                        out = train_model(input_ids=ids, labels=lab, use_cache=False, **kwargs)
-                        loss = _rank_loss(out, dist.world_size)
-                        (loss / cfg.grad_accum_steps).backward()
-                    loss_sum += loss.detach().double()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                # the micro-batches' mean loss, the same on every rank (so is the NaN check)
-                loss = dist.mean(loss_sum / cfg.grad_accum_steps)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
-            curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
-                          "samples": (step + 1) * samples_per_step, "step_s": timer.samples[-1]})
-            if ckpt is not None and dist.is_main and ckpt.due(step + 1, steps):
-                ckpt.save(step + 1, model, opt, sched, {"curve": curve})
-            guard.check(step)
-    payloads = dist.gather(window_payload(window.result, dist))
-    win = aggregate_windows(payloads) if payloads else window.result  # rank 0: every device; others: their own
-    window_samples_s = timer.samples[window_start - start:]
-    window_s = win["window_s"]
-    window_samples = samples_per_step * len(window_samples_s)
-    window_tokens = window_samples * seq_len
-
-    eval_loss = response_loss(model, evals, per_rank, pad_id, seq_len, device, dist=dist)
+    eval_loss = response_loss(model, data.evals, per_rank, pad_id, seq_len, device, dist=dist)
     # The last collectives (FSDP's state-dict gather) come before rank 0's own work: the other ranks may then end
     # while rank 0 generates and saves, however long that takes, without a collective timing out.
     plain = _plain_model(model, dist, cfg, method, dtype)
@@ -606,109 +675,46 @@ def finetune_cell(*, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneCon
     saved: dict[str, Any] = {}
     if plain is not None:  # rank 0
         if cfg.gen_eval_examples:
-            em = exact_match(plain, tokenizer, eval_records[:cfg.gen_eval_examples], template=train.template,
+            em = exact_match(plain, tokenizer, data.eval_records[:cfg.gen_eval_examples], template=data.train.template,
                              prompt_template=sft.prompt_template, max_new_tokens=cfg.max_new_tokens, device=device)
         if out_dir is not None:
             saved = save_cell(plain, tokenizer, method, cfg, dtype, Path(out_dir), initial_adapter)
     initial_dir.cleanup()
 
-    achieved = flops["training"] * window_tokens / window_s if window_s else None
+    window_s, window_samples = loop.window["window_s"], samples_per_step * len(loop.step_s)
     dtype_name = str(dtype).removeprefix("torch.")
-    last = curve[-min(5, len(curve)):]
     is_4bit = is_loaded_in_4bit(model) if method == "qlora" else False
-    row = {
-        "run_id": uuid.uuid4().hex,
-        "axis": "finetune",
-        "stage": "finetune",
-        "cell": f"{method}-{dataset}",
-        "technique": method,
-        "model": cfg.base_model,
-        "dataset": dataset,
-        "status": "ok",
-        "trial": 0,
-        "device": str(device),
-        "device_name": device_name(device),
-        "device_count": dist.world_size,
-        "num_threads": num_threads(),
-        "dtype": cfg.qlora_quant_type if is_4bit else dtype_name,
-        "batch_size": cfg.batch_size,
-        "seq_len": seq_len,
-        "seed": cfg.seed,
-        "steps": len(window_samples_s),
-        "warmup_steps": warm,
-        "n_params": counts["total"],
-        "n_active_params": counts["total"],
-        "n_trainable_params": counts["trainable"],
-        **win,
-        "flops_per_token": flops["training"],
-        "achieved_flops_per_s": achieved,
-        "peak_flops_per_s": peak_total,  # summed over devices, like achieved_flops_per_s
-        "mfu": mfu(achieved, peak_total),
-        **latency_columns(window_samples_s),  # AL = mean s per optimizer step, p50/p90/p99, raw samples
-        "st_samples_per_param_s": metrics.st_samples_per_param_s(window_samples, counts["total"], window_s),
-        "tokens_per_s": metrics.tokens_per_s(window_tokens, window_s),
-        "tokens_per_j": metrics.tokens_per_j(window_tokens, win.get("energy_j")),
-        "model_size_bytes": model_bytes,
-        "quality_metric": "eval_loss",
-        "quality_value": eval_loss,
-        "eval_loss": eval_loss,
-        "train_loss_final": sum(r["loss"] for r in last) / len(last),
-        "duration_s": time.perf_counter() - t_cell,
-        "extra": {
-            "method": method,
-            "resumed_from_step": start or None,  # a killed run resumed from its checkpoint after this many steps
-            "checkpointing": ("off: FSDP shards (checkpoint/resume needs one process or DDP)"
-                              if cfg.checkpoint_every_steps and is_sharded(model) else None),
-            "parallelism": cfg.parallelism if dist.distributed else None,
-            "per_device": per_device_summary(payloads) if payloads and dist.distributed else None,
-            "per_device_batch_size": per_rank,
+    row = cell.ok_row(
+        technique=method, model=cfg.base_model, dataset=dataset, dtype=cfg.qlora_quant_type if is_4bit else dtype_name,
+        batch_size=cfg.batch_size, seq_len=seq_len, seed=cfg.seed,
+        n_params=counts["total"], n_active_params=counts["total"], n_trainable_params=counts["trainable"],
+        **training_columns(loop, flops_per_token=flops["training"], peak_total=peak_total, dist=dist,
+                           warmup_steps=warm),
+        st_samples_per_param_s=metrics.st_samples_per_param_s(window_samples, counts["total"], window_s),
+        model_size_bytes=model_bytes, quality_metric="eval_loss", quality_value=eval_loss, eval_loss=eval_loss,
+        duration_s=time.perf_counter() - t_cell,
+        extra={
+            **method_facts(method, cfg, counts, is_4bit),
+            **data_facts(data, sft, em),
+            **run_facts(loop, cfg, dist, sharded=is_sharded(model), steps=steps),
             # every seed the row's numbers depend on: adapter init + dropout + batch order, and the SFT data split
-            "seeds": {"finetune": cfg.seed, "sft_split": stats.get("seed", sft.seed)},
-            "dataset_source": stats.get("source"),
-            "dataset_label": stats.get("label"),
-            "dataset_commit": stats.get("hub_commit"),  # the hub commit prepare_sft read (hub sources only)
+            "seeds": {"finetune": cfg.seed, "sft_split": data.stats.get("seed", sft.seed)},
             "base_model": cfg.base_model,
             "base_revision": cfg.base_revision,
             "base_source": cfg.base_source,
-            "n_params_base": base_counts["total"],
-            "n_adapter_params": counts["adapter"],
-            "trainable_fraction": counts["trainable"] / counts["total"] if counts["total"] else None,
+            "n_params_base": base_params,
             "st_param_count": "n_params: all parameters of the model as trained (base + adapter), the paper's ST",
             "st_samples_per_trainable_param_s": metrics.st_samples_per_param_s(window_samples, counts["trainable"],
                                                                                 window_s),
-            "samples_per_step": samples_per_step,
-            "grad_accum_steps": cfg.grad_accum_steps,
-            "optimizer_steps": steps,
             "window_samples": window_samples,
-            "window_tokens_padded": window_tokens,
-            "lr": lr,
-            "lr_b": lr * cfg.loraplus_lr_ratio if method == "loraplus" else None,
-            "lora_r": cfg.lora_r if counts["adapter"] else None,
-            "lora_alpha": cfg.lora_alpha if counts["adapter"] else None,
-            "target_modules": list(cfg.target_modules) if counts["adapter"] else None,
-            "freeze_trainable_blocks": cfg.freeze_trainable_blocks if method == "freeze" else None,
-            "qlora_quant_type": cfg.qlora_quant_type if is_4bit else None,
             "compute_dtype": dtype_name,
-            "gradient_checkpointing": cfg.gradient_checkpointing,
             "beyond_base_context": beyond_base_context(getattr(model, "config", None), seq_len),
-            "same_batch_size_as_peft": True,
             "eval_loss_initial": eval_loss_initial,
-            "eval_examples": len(evals.input_ids),
-            "exact_match": em["exact_match"],
-            "exact_match_n": em["exact_match_n"],
-            "exact_match_samples": em.get("exact_match_samples"),
-            "template": train.template,
-            "train_examples": len(train.input_ids),
-            "train_truncated": train.n_truncated,
-            "train_dropped": train.n_dropped,
-            "eval_truncated": evals.n_truncated,
-            "eval_dropped": evals.n_dropped,
             "forward_flops_per_token": flops["forward"],
             "lowest_grad_block": flops["lowest_grad_block"],
             "flops_estimate": "analytic: linear layers + dense attention, backward as the method trains",
             "peak_flops_calibration": peak,
             **saved,
         },
-        **provenance(),
-    }
-    return FinetuneOutcome(row=row, loss_curve=curve)
+    )
+    return CellOutcome(row=row, files={"loss.csv": curve_csv(loop.curve)})

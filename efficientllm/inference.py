@@ -24,9 +24,9 @@ Raw samples (per request: end-to-end, TTFT and every decode step) are kept (`Lat
 
 from __future__ import annotations
 
+import json
 import math
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,8 @@ from torch import nn
 from transformers import LogitsProcessor
 
 from efficientllm.measure import MeasurementWindow, RssPeak, metrics, summarize, synchronize
-from efficientllm.measure.timing import Clock, latency_columns
+from efficientllm.measure.timing import Clock, Phases, latency_columns
+from efficientllm.records import CellId, CellOutcome
 
 # ----------------------------------------------------------------------------- workload
 
@@ -359,14 +360,6 @@ def memory_budget(model: nn.Module, prompts: torch.Tensor, *, max_new_tokens: in
 # ----------------------------------------------------------------------------- one quantize cell
 
 
-@dataclass
-class CellOutcome:
-    row: dict[str, Any]
-    """Row-schema fields of the cell (MCR and the quality gate are filled in by the `quantize` SQL view)."""
-    samples: dict[str, Any]
-    """Raw per-request and per-token samples of the latency pass (the cell's samples file)."""
-
-
 def held_out_blocks(tokenizer: Any, val_docs: list[str], block_len: int) -> np.ndarray:
     """The held-out documents encoded with the model's own tokenizer and packed into blocks of block_len tokens.
 
@@ -391,50 +384,71 @@ def check_workload(cfg: Any, max_position_embeddings: int | None) -> None:
                           f"max_position_embeddings={max_position_embeddings}")
 
 
-def quantize_cell(*, stage: str, cell: str, precision: str, model_ref: str | Path, model_name: str,
-                  revision: str | None, cfg: Any, eval_cfg: Any, tasks: list[str], measure: Any,
-                  data_dir: Path) -> CellOutcome:
-    """Load `model_ref` at `precision` and measure it: latency pass, tracker pass, memory budget, perplexity, tasks.
+def workload_inputs(model_ref: str | Path, revision: str | None, data_dir: Path,
+                    cfg: Any) -> tuple[dict[str, Any], Any, np.ndarray, torch.Tensor]:
+    """(prepare's stats, the model's tokenizer, the held-out blocks, the prompts) of a quantize cell.
 
-    cfg is the QuantizeConfig, eval_cfg the EvalConfig, measure the MeasureConfig. Raises PrecisionUnsupported when
-    the device cannot run the precision (the stage writes a `skipped` row), anything else when the cell fails.
+    Held-out blocks are as long as the corpus's (a pipeline model's context), or as the prompt when that is longer
+    (a hub model's workload): perplexity runs on them, the prompts are their first prompt_len tokens.
     """
     from transformers import AutoTokenizer
 
     from efficientllm.data import VAL_DOCS_FILE, load_stats
     from efficientllm.data.cloze import read_documents
-    from efficientllm.evaluation import perplexity, run_tasks
-    from efficientllm.measure import device_name, num_threads, resolve_device
-    from efficientllm.measure.memory import RssSensor
-    from efficientllm.measure.provenance import package_version, provenance
-    from efficientllm.models.accounting import count_parameters
-    from efficientllm.techniques.quantization import (
-        PRECISIONS,
-        REFERENCE_PRECISION,
-        logical_param_count,
-        nominal_weight_bytes,
-        weight_bytes,
-    )
 
-    t_cell = time.perf_counter()
-    phases: dict[str, float] = {}
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
-    device = resolve_device(cfg.device)
-    data_dir = Path(data_dir)
-    # Held-out blocks as long as the corpus's (a pipeline model's context), or as the prompt when that is longer
-    # (a hub model's workload): perplexity runs on them, the prompts are their first prompt_len tokens.
     stats = load_stats(data_dir)  # prepare's stats.json, read once
     block_len = max(int(stats["block_len"]), cfg.prompt_len)
     tokenizer = AutoTokenizer.from_pretrained(str(model_ref), revision=revision)
     blocks = held_out_blocks(tokenizer, read_documents(data_dir / VAL_DOCS_FILE), block_len)
-    prompts = held_out_prompts(blocks, cfg.batch_size, cfg.prompt_len)
+    return stats, tokenizer, blocks, held_out_prompts(blocks, cfg.batch_size, cfg.prompt_len)
 
+
+def weight_facts(loaded: Any, n_params: int, held: dict[str, int], after_load: dict[str, int],
+                 footprint: int | None) -> dict[str, Any]:
+    """The `extra` fields that say how the weights are held: nominal bits and bytes, the measured bytes (quantized
+    and not, during the passes and right after loading), the activation dtype and the quantizer's settings."""
+    from efficientllm.provenance import package_version
+    from efficientllm.techniques.quantization import nominal_weight_bytes
+
+    return {
+        "nominal_bits": loaded.nominal_bits,
+        "nominal_weight_bytes": nominal_weight_bytes(n_params, loaded.nominal_bits),
+        "weight_bytes_quantized": held["quantized"],
+        "weight_bytes_other": held["other"],
+        "weight_bytes_after_load": after_load["total"],
+        "get_memory_footprint_bytes": footprint,
+        "activation_dtype": str(loaded.activation_dtype).removeprefix("torch."),
+        **{f"quant_{k}": v for k, v in loaded.details.items()},
+        "bitsandbytes_version": package_version("bitsandbytes"),
+    }
+
+
+def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revision: str | None, cfg: Any,
+                  eval_cfg: Any, tasks: list[str], measure: Any, data_dir: Path) -> CellOutcome:
+    """Load `model_ref` at `precision` and measure it: latency pass, tracker pass, memory budget, perplexity, tasks.
+
+    cfg is the QuantizeConfig, eval_cfg the EvalConfig, measure the MeasureConfig; `cell` names the row. Raises
+    PrecisionUnsupported when the device cannot run the precision (the stage writes a `skipped` row), anything else
+    when the cell fails. The outcome's files: `samples.json`, every request's raw samples.
+    """
+    from efficientllm.evaluation import perplexity, run_tasks
+    from efficientllm.measure import device_name, num_threads, resolve_device
+    from efficientllm.measure.memory import RssSensor
+    from efficientllm.models.accounting import count_parameters
+    from efficientllm.techniques.quantization import PRECISIONS, REFERENCE_PRECISION, logical_param_count, weight_bytes
+
+    t_cell = time.perf_counter()
+    phases = Phases(f"{cell.stage}@{cell.cell}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    device = resolve_device(cfg.device)
+    stats, tokenizer, blocks, prompts = workload_inputs(model_ref, revision, Path(data_dir), cfg)
     torch.manual_seed(cfg.seed)
     rss = RssSensor()
-    rss_before = rss.read()
-    loaded = PRECISIONS[precision](model_ref, device, cfg, revision=revision)
-    rss_after = rss.read()
+    with phases("load"):
+        rss_before = rss.read()
+        loaded = PRECISIONS[precision](model_ref, device, cfg, revision=revision)
+        rss_after = rss.read()
     model = loaded.model
     check_workload(cfg, getattr(model.config, "max_position_embeddings", None))
     bytes_after_load = weight_bytes(model)
@@ -442,83 +456,51 @@ def quantize_cell(*, stage: str, cell: str, precision: str, model_ref: str | Pat
     n_params = logical_param_count(model)
     counts = count_parameters(model)
     n_active = n_params - (counts["total"] - counts["active"])
-    phases["load_s"] = loaded.load_s
 
     workload = {"max_new_tokens": cfg.max_new_tokens, "device": device, "warmup_runs": cfg.warmup_runs,
                 "min_runs": cfg.min_runs, "min_duration_s": cfg.min_duration_s, "max_runs": cfg.max_runs}
-    t0 = time.perf_counter()
-    latency = latency_pass(model, prompts, **workload)
-    phases["latency_pass_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tracked = tracker_pass(model, prompts, **workload, sample_interval_s=measure.sample_interval_s,
-                           watts_per_core=measure.cpu_watts_per_core)
-    phases["tracker_pass_s"] = time.perf_counter() - t0
-
+    with phases("latency pass"):
+        latency = latency_pass(model, prompts, **workload)
+    with phases("tracker pass"):
+        tracked = tracker_pass(model, prompts, **workload, sample_interval_s=measure.sample_interval_s,
+                               watts_per_core=measure.cpu_watts_per_core)
     held = weight_bytes(model)  # after the passes: in the layout the kernels use (bnb repacks 4-bit on CPU)
-    elem = torch.finfo(loaded.activation_dtype).bits / 8
-    kv_bytes = kv_cache_bytes_per_token(model.config, elem)
-    t0 = time.perf_counter()
-    budget = memory_budget(model, prompts, max_new_tokens=cfg.max_new_tokens, device=device,
-                           weight_bytes=held["total"], kv_bytes_per_token=kv_bytes,
-                           budget_bytes=cfg.memory_budget_mib * 2**20)
-    phases["memory_budget_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    ppl = perplexity(model, blocks, n_blocks=cfg.ppl_blocks, batch_size=cfg.ppl_batch_size, device=device)
-    phases["perplexity_s"] = time.perf_counter() - t0
-    scores = run_tasks(model, tokenizer, tasks=tasks, metrics=eval_cfg.metrics, tasks_dir=eval_cfg.tasks_dir,
-                       device=device, batch_size=eval_cfg.batch_size, limit=eval_cfg.limit,
-                       num_fewshot=eval_cfg.num_fewshot, data_files=eval_cfg.data_files,
-                       apply_chat_template=eval_cfg.apply_chat_template, seed=cfg.seed)
-    phases["tasks_s"] = scores.eval_s
+    kv_bytes = kv_cache_bytes_per_token(model.config, torch.finfo(loaded.activation_dtype).bits / 8)
+    with phases("memory budget"):
+        budget = memory_budget(model, prompts, max_new_tokens=cfg.max_new_tokens, device=device,
+                               weight_bytes=held["total"], kv_bytes_per_token=kv_bytes,
+                               budget_bytes=cfg.memory_budget_mib * 2**20)
+    with phases("perplexity"):
+        ppl = perplexity(model, blocks, n_blocks=cfg.ppl_blocks, batch_size=cfg.ppl_batch_size, device=device)
+    with phases("tasks"):
+        scores = run_tasks(model, tokenizer, tasks=tasks, metrics=eval_cfg.metrics, tasks_dir=eval_cfg.tasks_dir,
+                           device=device, batch_size=eval_cfg.batch_size, limit=eval_cfg.limit,
+                           num_fewshot=eval_cfg.num_fewshot, data_files=eval_cfg.data_files,
+                           apply_chat_template=eval_cfg.apply_chat_template, seed=cfg.seed)
 
     window = {k: tracked[k] for k in tracked if k not in ("requests", "generated_tokens", "tokens_per_j")}
     reference = precision == REFERENCE_PRECISION
-    row = {
-        "run_id": uuid.uuid4().hex,
-        "axis": "quantize",
-        "stage": stage,
-        "cell": cell,
-        "technique": precision,
-        "model": model_name,
-        "dataset": stats.get("source"),
-        "status": "ok",
-        "trial": 0,
-        "device": str(device),
-        "device_name": device_name(device),
-        "device_count": 1,
-        "num_threads": num_threads(),
-        "dtype": loaded.dtype,
-        "batch_size": cfg.batch_size,
-        "seq_len": cfg.prompt_len,
-        "seed": cfg.seed,
-        "n_params": n_params,
-        "n_active_params": n_active,
-        "n_trainable_params": 0,
+    row = cell.ok_row(
+        technique=precision, dataset=stats.get("source"), batch_size=cfg.batch_size, seq_len=cfg.prompt_len,
+        seed=cfg.seed, device=str(device), device_name=device_name(device), device_count=1, num_threads=num_threads(),
+        dtype=loaded.dtype, n_params=n_params, n_active_params=n_active, n_trainable_params=0,
         **latency.columns(),
         **window,
-        "tokens_per_j": tracked["tokens_per_j"],
-        "kv_cache_bytes_per_token": kv_bytes,
-        "model_size_bytes": held["total"],
+        tokens_per_j=tracked["tokens_per_j"],
+        kv_cache_bytes_per_token=kv_bytes,
+        model_size_bytes=held["total"],
         # MCR needs the bf16 cell's row: the `quantize` SQL view computes it for every cell; the reference is 1.
-        "mcr_nominal": 1.0 if reference else None,
-        "mcr_measured": 1.0 if reference else None,
-        "quality_metric": scores.quality_metric(eval_cfg.metrics),
-        "quality_value": scores.quality_value,
-        "eval_loss": ppl["eval_loss"],
-        "duration_s": time.perf_counter() - t_cell,
-        "extra": {
+        mcr_nominal=1.0 if reference else None,
+        mcr_measured=1.0 if reference else None,
+        quality_metric=scores.quality_metric(eval_cfg.metrics),
+        quality_value=scores.quality_value,
+        eval_loss=ppl["eval_loss"],
+        duration_s=time.perf_counter() - t_cell,
+        extra={
             "precision": precision,
             "reference_precision": REFERENCE_PRECISION,
             "quality_gate_ratio": cfg.quality_gate_ratio,
-            "nominal_bits": loaded.nominal_bits,
-            "nominal_weight_bytes": nominal_weight_bytes(n_params, loaded.nominal_bits),
-            "weight_bytes_quantized": held["quantized"],
-            "weight_bytes_other": held["other"],
-            "weight_bytes_after_load": bytes_after_load["total"],
-            "get_memory_footprint_bytes": footprint,
-            "activation_dtype": str(loaded.activation_dtype).removeprefix("torch."),
-            **{f"quant_{k}": v for k, v in loaded.details.items()},
+            **weight_facts(loaded, n_params, held, bytes_after_load, footprint),
             "load_s": loaded.load_s,
             "rss_after_load_bytes": rss_after[0] if rss_after else None,
             "rss_load_growth_bytes": rss_after[0] - rss_before[0] if rss_after and rss_before else None,
@@ -533,10 +515,8 @@ def quantize_cell(*, stage: str, cell: str, precision: str, model_ref: str | Pat
             "task_metrics": scores.all_metrics,
             "task_docs": scores.n_docs,
             "eval": scores.settings,
-            "bitsandbytes_version": package_version("bitsandbytes"),
             "lm_eval_version": scores.settings.get("lm_eval_version"),
-            "phase_s": phases,
+            "phase_s": {**phases.seconds, "load_s": loaded.load_s, "tasks_s": scores.eval_s},
         },
-        **provenance(),
-    }
-    return CellOutcome(row=row, samples=latency.samples_record())
+    )
+    return CellOutcome(row=row, files={"samples.json": json.dumps(latency.samples_record()) + "\n"})

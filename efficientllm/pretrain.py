@@ -1,10 +1,10 @@
-"""Pretraining one variant: the training loop every architecture cell runs, and its measured row.
+"""Pretraining one variant from scratch: its model, its step (efficientllm.training runs the loop) and its row.
 
 Every variant gets the same data, tokenizer, token budget, seed, schedule and measured window, so a
-difference between rows comes from the component alone. The measured window is the training run
-after `measure_warmup_steps` (same shapes as the timed steps). Within it: per-step latency (device
-synchronised at both edges), memory (AMU, peak), utilisation (PCU), energy (AEC), and MFU against
-the device's measured peak FLOP/s. Quality is validation perplexity on fixed held-out blocks.
+difference between rows comes from the component alone. The measured window (efficientllm.training) is the
+training run after `measure_warmup_steps` (same shapes as the timed steps): per-step latency, memory (AMU,
+peak), utilisation (PCU), energy (AEC), and MFU against the device's measured peak FLOP/s. TT is tokens /
+parameter / s. Quality is validation perplexity on fixed held-out blocks.
 
     python -m stages.pretrain --variant mha      # the DVC stage that calls `pretrain_cell`
 """
@@ -13,64 +13,34 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import math
 import time
-import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from efficientllm.atomic import atomic_dir
-from efficientllm.checkpoint import (
-    RUN_KNOBS,
-    CellGuard,
-    Checkpointer,
-    TrainingDiverged,
-    cell_key,
-    code_digest,
-    file_digest,
-)
+from efficientllm.checkpoint import RUN_KNOBS, CellGuard, Checkpointer, cell_key, code_digest, file_digest
 from efficientllm.config import ConfigError, MeasureConfig, ModelConfig, PretrainConfig
 from efficientllm.data import iterate_batches, load_blocks, load_stats
 from efficientllm.distributed import (
     DistContext,
-    aggregate_windows,
     full_state_dict,
     gradient_sync,
     is_sharded,
     micro_batching,
-    per_device_summary,
     single_process,
     unsharded_copy,
-    window_payload,
     wrap_model,
 )
-from efficientllm.measure import (
-    MeasurementWindow,
-    StepTimer,
-    device_name,
-    measure_peak_flops,
-    metrics,
-    mfu,
-    num_threads,
-    synchronize,
-)
-from efficientllm.measure.provenance import provenance
-from efficientllm.measure.timing import latency_columns
+from efficientllm.measure import metrics
 from efficientllm.models.accounting import count_parameters
 from efficientllm.models.baselines import Variant, describe_variant, resolve_recipe
 from efficientllm.models.moe import expert_load_summary
-
-
-@dataclass
-class PretrainOutcome:
-    row: dict[str, Any]
-    """Row-schema fields of the cell."""
-    loss_curve: list[dict[str, float]]
-    """One record per step: step, loss, lr, tokens, step_s."""
+from efficientllm.records import CellId, CellOutcome
+from efficientllm.training import StepWork, curve_csv, measured_peak, train_measured, training_columns, warmup_cosine
 
 
 def model_variant(slug: str, base: ModelConfig, recipe: dict[str, Any], tokenizer: Any, block_len: int) -> Variant:
@@ -96,19 +66,6 @@ def model_variant(slug: str, base: ModelConfig, recipe: dict[str, Any], tokenize
 def model_config(slug: str, base: ModelConfig, recipe: dict[str, Any], tokenizer: Any, block_len: int) -> Any:
     """The transformers config of a variant (an EfficientLMConfig, or a baseline family's config)."""
     return model_variant(slug, base, recipe, tokenizer, block_len).config
-
-
-def warmup_cosine(steps: int, warmup: int, min_ratio: float):
-    """LambdaLR factor: linear warm-up over `warmup` steps to the peak, then cosine decay to `min_ratio` of it at
-    the last step (pretraining and fine-tuning both)."""
-
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
 
 
 def decayed(model: torch.nn.Module) -> set[int]:
@@ -190,8 +147,19 @@ def _trajectory_key(slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: P
     data = {name: stats.get(f"{name.replace('.', '_')}_sha256") or file_digest(Path(data_dir) / name)
             for name in ("train.npy", "val.npy")}
     here = Path(__file__).resolve().parent
-    code = code_digest([here / "pretrain.py", here / "models", here / "data" / "packing.py"])
+    code = code_digest([here / "pretrain.py", here / "training.py", here / "models", here / "data" / "packing.py"])
     return cell_key("pretrain", slug, dataclasses.asdict(base), recipe, train, data, code)
+
+
+def _save_model(model: torch.nn.Module, model_cls: type, tokenizer: Any, out_dir: Path, dist: DistContext) -> None:
+    """Rank 0 writes the trained model (a sharded one is gathered first: a collective, every rank takes part)."""
+    if is_sharded(model):
+        state = full_state_dict(model, dist)
+        if dist.is_main:
+            _save_model_atomic(unsharded_copy(model, model_cls, state), tokenizer, out_dir)
+    elif dist.is_main:
+        _save_model_atomic(model, tokenizer, out_dir)
+    dist.barrier()
 
 
 def _save_model_atomic(model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> None:
@@ -200,18 +168,47 @@ def _save_model_atomic(model: torch.nn.Module, tokenizer: Any, out_dir: Path) ->
         tokenizer.save_pretrained(tmp)
 
 
-def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: PretrainConfig,
+def lm_step(train_model: torch.nn.Module, train_blocks: Any, *, cfg: PretrainConfig, dist: DistContext,
+            autocast: contextlib.AbstractContextManager, micro_bs: int, accum: int) -> Callable[[int], StepWork]:
+    """One optimizer step of next-token prediction on the global batch `step` of the seeded order: this rank's
+    shard, `accum` micro-batches of `micro_bs` sequences, gradients accumulated."""
+    device = dist.device
+    tokens_per_step = cfg.batch_size * int(train_blocks.shape[1])
+    # The batch order is a pure function of (seed, step): batch `step` is the same whatever step a run resumes at.
+    batches = iterate_batches(train_blocks, cfg.batch_size, cfg.seed, cfg.steps)
+    position = 0  # index of the batch `batches` yields next
+
+    def step_fn(step: int) -> StepWork:
+        nonlocal position
+        for _ in range(step - position):  # a resumed run skips the batches its checkpoint covers
+            next(batches)
+        position = step + 1
+        batch = next(batches)
+        local = dist.shard(batch).to(device, non_blocking=True)  # (B / ranks, T)
+        step_loss = torch.zeros((), device=device)
+        for i, micro in enumerate(local.split(micro_bs)):  # gradient accumulation over micro-batches
+            with gradient_sync(train_model, enabled=i == accum - 1):
+                with autocast:
+                    out = train_model(input_ids=micro, labels=micro)
+                (out.loss / accum).backward()
+            step_loss += out.loss.detach() / accum
+        return StepWork(loss=step_loss, tokens=tokens_per_step, computed_tokens=tokens_per_step)
+
+    return step_fn
+
+
+def pretrain_cell(*, cell: CellId, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: PretrainConfig,
                   measure: MeasureConfig, data_dir: Path, model_out: Path | None,
-                  dist: DistContext | None = None, checkpoint_dir: Path | None = None) -> PretrainOutcome:
+                  dist: DistContext | None = None, checkpoint_dir: Path | None = None) -> CellOutcome:
     """Train variant `slug` from scratch on the prepared corpus and measure it.
 
     Raises ConfigError for a bad recipe and TrainingDiverged for a NaN/inf loss; the stage turns
     those into rows. Writes the trained model (safetensors + tokenizer) to `model_out` atomically.
     Under several processes (`dist`, see efficientllm.distributed) every rank calls this; each trains on
     its shard of every global batch, rank 0 writes the model and its return value holds the row.
-    With `checkpoint_dir` and `cfg.checkpoint_every_steps` (one process), the run saves a checkpoint every N steps
-    and resumes from the last one of the same key (see efficientllm.checkpoint): the quality columns of a resumed
-    run equal those of an uninterrupted one; its timing columns cover the steps run after the resume.
+    With `checkpoint_dir` and `cfg.checkpoint_every_steps` (one process or DDP), the run saves a checkpoint every N
+    steps and resumes from the last one of the same key (see efficientllm.checkpoint): the quality columns of a
+    resumed run equal those of an uninterrupted one; its timing columns cover the steps run after the resume.
     """
     from transformers import AutoTokenizer
 
@@ -241,140 +238,61 @@ def pretrain_cell(*, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: 
     train_model = wrap_model(model, dist, cfg.parallelism, compute_dtype if compute_dtype != torch.float32 else None)
     opt = _optimizer(train_model, cfg, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.steps, cfg.lr_warmup_steps, cfg.min_lr_ratio))
-    peak = None
-    if dist.is_main:  # one calibration: ranks run the same device model, and CPU ranks would contend for cores
-        peak = measure_peak_flops(device, compute_dtype, n=measure.peak_calibration_n,
-                                  cache_path=Path(measure.cache_dir) / "peak_flops.json")
-    peak = dist.broadcast(peak)
-    peak_total = peak["peak_flops_per_s"] * dist.world_size if peak["peak_flops_per_s"] else None
-    # Input batches come from a seeded order; the model init above used the same seed.
+    peak, peak_total = measured_peak(device, compute_dtype, measure, dist)
 
-    timer = StepTimer(sync=lambda: synchronize(device))
-    window = MeasurementWindow(device, interval_s=measure.sample_interval_s,
-                               watts_per_core=measure.cpu_watts_per_core)
-    curve: list[dict[str, float]] = []
     tokens_per_step = cfg.batch_size * block_len
-    ckpt = None
-    start = 0
+    checkpointer = None
     # One process or DDP (every replica holds the whole state: rank 0 saves it, every rank resumes from it); FSDP
     # shards would need every rank's part, so a sharded run does not checkpoint.
     if checkpoint_dir is not None and cfg.checkpoint_every_steps and not is_sharded(model):
         key = _trajectory_key(slug, base, recipe, cfg, data_dir, stats)
-        ckpt = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps)
-        state = ckpt.load(model, opt, sched)
-        if state is not None:
-            start, curve = int(state["steps_done"]), list(state["curve"])
-    guard = CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "pretrain")
-    # The batch order is a pure function of (seed, step): skipping the steps done puts the iterator where it was.
-    batches = itertools.islice(iterate_batches(train_blocks, cfg.batch_size, cfg.seed, cfg.steps), start, None)
-    window_start = max(cfg.measure_warmup_steps, start)  # a resumed run measures the steps it runs itself
-    with contextlib.ExitStack() as stack:
-        for step, batch in enumerate(batches, start):
-            if step == window_start:
-                stack.enter_context(window)
-            with timer.step():
-                local = dist.shard(batch).to(device, non_blocking=True)  # (B / ranks, T)
-                step_loss = torch.zeros((), device=device)
-                for i, micro in enumerate(local.split(micro_bs)):  # gradient accumulation over micro-batches
-                    with gradient_sync(train_model, enabled=i == accum - 1):
-                        with autocast:
-                            out = train_model(input_ids=micro, labels=micro)
-                        (out.loss / accum).backward()
-                    step_loss += out.loss.detach() / accum
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(train_model.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                loss = dist.mean(step_loss)  # the global batch's loss, the same on every rank (so is the NaN check)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss} at step {step} (lr {sched.get_last_lr()[0]:.3g})")
-            curve.append({"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
-                          "tokens": (step + 1) * tokens_per_step, "step_s": timer.samples[-1]})
-            if ckpt is not None and dist.is_main and ckpt.due(step + 1, cfg.steps):
-                ckpt.save(step + 1, model, opt, sched, {"curve": curve})
-            guard.check(step)
+        checkpointer = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps)
+    step_fn = lm_step(train_model, train_blocks, cfg=cfg, dist=dist, autocast=autocast, micro_bs=micro_bs,
+                      accum=accum)
+    loop = train_measured(step_fn, section="pretrain", model=model, optimizer=opt, scheduler=sched, steps=cfg.steps,
+                          warmup_steps=cfg.measure_warmup_steps, clip_params=list(train_model.parameters()),
+                          grad_clip=cfg.grad_clip, dist=dist, measure=measure, progress=("tokens", tokens_per_step),
+                          guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "pretrain"),
+                          checkpointer=checkpointer)
     # MoE routing balance over the whole run (this rank's tokens; None for dense models).
     expert_load = expert_load_summary(model)
-    payloads = dist.gather(window_payload(window.result, dist))
-    win = aggregate_windows(payloads) if payloads else window.result  # rank 0: every device; others: their own
-    window_samples = timer.samples[window_start - start:]
-    window_s = win["window_s"]
-    window_tokens = tokens_per_step * len(window_samples)
 
     eval_loss, ppl = evaluate_perplexity(model, val_blocks, cfg.batch_size, cfg.eval_batches, device,
                                          dtype=cfg.dtype, dist=dist, micro_batch_size=micro_bs)
     if model_out is not None:
-        if is_sharded(model):
-            state = full_state_dict(model, dist)  # a collective: every rank takes part
-            if dist.is_main:
-                _save_model_atomic(unsharded_copy(model, model_cls, state), tokenizer, model_out)
-        elif dist.is_main:
-            _save_model_atomic(model, tokenizer, model_out)
-        dist.barrier()
+        _save_model(model, model_cls, tokenizer, model_out, dist)
 
     fpt = variant.family.flops_per_token(mcfg, block_len, training=True)
-    achieved = fpt * window_tokens / window_s if window_s else None
     kv_bytes = variant.family.kv_cache_bytes_per_token(mcfg, torch.finfo(compute_dtype).bits // 8)
-    last = curve[-min(5, len(curve)):]
-    row = {
-        "run_id": uuid.uuid4().hex,
-        "axis": "pretrain",
-        "stage": "pretrain",
-        "cell": slug,
-        "technique": slug,
-        "model": f"{variant.family.name}-{params['total'] / 1e6:.2f}M",
-        "dataset": stats.get("source"),
-        "status": "ok",
-        "trial": 0,
-        "device": str(device),
-        "device_name": device_name(device),
-        "device_count": dist.world_size,
-        "num_threads": num_threads(),
-        "dtype": dtype_name,
-        "batch_size": cfg.batch_size,
-        "seq_len": block_len,
-        "seed": cfg.seed,
-        "steps": len(window_samples),
-        "warmup_steps": cfg.measure_warmup_steps,
-        "n_params": params["total"],
-        "n_active_params": params["active"],
-        "n_trainable_params": params["trainable"],
-        **win,
-        "flops_per_token": fpt,
-        "achieved_flops_per_s": achieved,
-        "peak_flops_per_s": peak_total,  # summed over devices, like achieved_flops_per_s
-        "mfu": mfu(achieved, peak_total),
-        **latency_columns(window_samples),  # AL = mean step time, p50/p90/p99, raw samples
-        "tt_tokens_per_param_s": metrics.tt_tokens_per_param_s(window_tokens, params["total"], window_s),
-        "tokens_per_s": metrics.tokens_per_s(window_tokens, window_s),
-        "kv_cache_bytes_per_token": kv_bytes,
-        "tokens_per_j": metrics.tokens_per_j(window_tokens, win.get("energy_j")),
-        "model_size_bytes": model_size_bytes,
-        "quality_metric": "val_ppl",
-        "quality_value": ppl,
-        "eval_loss": eval_loss,
-        "train_loss_final": sum(r["loss"] for r in last) / len(last),
-        "duration_s": time.perf_counter() - t_cell,
-        "extra": {
+    columns = training_columns(loop, flops_per_token=fpt, peak_total=peak_total, dist=dist,
+                               warmup_steps=cfg.measure_warmup_steps)
+    row = cell.ok_row(
+        technique=slug, model=f"{variant.family.name}-{params['total'] / 1e6:.2f}M", dataset=stats.get("source"),
+        dtype=dtype_name, batch_size=cfg.batch_size, seq_len=block_len, seed=cfg.seed,
+        n_params=params["total"], n_active_params=params["active"], n_trainable_params=params["trainable"],
+        **columns,
+        tt_tokens_per_param_s=metrics.tt_tokens_per_param_s(loop.tokens, params["total"], loop.window["window_s"]),
+        kv_cache_bytes_per_token=kv_bytes, model_size_bytes=model_size_bytes,
+        quality_metric="val_ppl", quality_value=ppl, eval_loss=eval_loss, duration_s=time.perf_counter() - t_cell,
+        extra={
             "recipe": recipe,
             "corpus_commit": stats.get("hub_commit"),  # hub commit of a streamed corpus (else None)
             # family, architecture fields, non-embedding params, budget sizing, FLOP method, recurrent-state bytes
             **describe_variant(variant, torch.finfo(compute_dtype).bits // 8),
             "tokens_total": cfg.steps * tokens_per_step,
-            "window_tokens": window_tokens,
+            "window_tokens": loop.tokens,
             "peak_flops_calibration": peak,
             "embedding_params": params.get("embedding"),
             "parallelism": cfg.parallelism if dist.distributed else None,
             "micro_batch_size": micro_bs,
             "grad_accum_steps": accum,
             "gradient_checkpointing": cfg.gradient_checkpointing,
-            "per_device": per_device_summary(payloads) if payloads and dist.distributed else None,
+            "per_device": loop.per_device,
             "expert_load": expert_load,
-            "resumed_from_step": start or None,  # a killed run resumed from its checkpoint after this many steps
+            "resumed_from_step": loop.start or None,  # a killed run resumed from its checkpoint after this many steps
+            "checkpoint_s": loop.checkpoint_s,  # checkpoint saves, left out of every window figure
             # every seed the row's numbers depend on: init + batch order, and the corpus's train / val split
             "seeds": {"pretrain": cfg.seed, "prepare_split": stats.get("seed")},
         },
-        **provenance(),
-    }
-    return PretrainOutcome(row=row, loss_curve=curve)
+    )
+    return CellOutcome(row=row, files={"loss.csv": curve_csv(loop.curve)})

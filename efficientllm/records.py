@@ -1,8 +1,11 @@
 """The one row schema: every measured cell becomes exactly one flat row.
 
-The column list is defined once, here. Stages write rows with `write_row` (one JSON object per file,
-atomically), and the DuckDB views take their typed column list from `duckdb_columns()`, so a column
-that is null in every row still has its type in SQL.
+The column list is defined once, here, and so is the one way to build a row: a cell's identity (`CellId`:
+axis, stage, cell, technique, ...) makes its `ok_row(...)` or `failed_row(error, ...)`, with a fresh run id
+and the provenance columns; the measured cells, the stages and the Prefect flow all build rows that way.
+`write_row` validates a row and writes it (one JSON object per file, atomically), and the DuckDB views take
+their typed column list from `duckdb_columns()`, so a column that is null in every row still has its type
+in SQL.
 
 Conventions (DESIGN.md): snake_case, units in names, `None` for unknown, never NaN or inf.
 
@@ -11,15 +14,19 @@ Conventions (DESIGN.md): snake_case, units in names, `None` for unknown, never N
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import traceback
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from efficientllm.atomic import atomic_write_text
+from efficientllm.provenance import provenance
 
 SCHEMA_VERSION = 1
 
@@ -34,6 +41,61 @@ def error_field(head: str, detail: str = "") -> str:
     head = head.strip()
     room = max(0, ERROR_MAX_CHARS - len(head) - 1)
     return f"{head}\n{detail[-room:] if len(detail) > room else detail}" if detail else head
+
+
+def exception_text(exc: BaseException) -> str:
+    """A row's `error` for an exception: `Type: message` on the first line, then the end of the traceback."""
+    return error_field(f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
+
+
+@dataclass(frozen=True)
+class CellId:
+    """Who a row is about: the identity columns every row of one cell (and trial) shares.
+
+    `ok_row` / `failed_row` are the only places rows are built; columns given there override these fields (a
+    pretraining cell names its model only once it is built).
+    """
+
+    axis: str
+    stage: str
+    cell: str
+    technique: str | None = None
+    model: str | None = None
+    dataset: str | None = None
+    trial: int = 0
+    seed: int | None = None
+    batch_size: int | None = None
+    seq_len: int | None = None
+
+    def _row(self, status: str, error: str | None, columns: Mapping[str, Any],
+             cwd: str | os.PathLike | None = None) -> dict[str, Any]:
+
+        return {"run_id": uuid.uuid4().hex, **dataclasses.asdict(self), "status": status, "error": error,
+                **columns, **provenance(cwd)}
+
+    def ok_row(self, **columns: Any) -> dict[str, Any]:
+        """The row of a cell that measured: its identity, `columns`, status ok, provenance."""
+        return self._row("ok", None, columns)
+
+    def failed_row(self, error: BaseException | str, *, status: str = "failed", cwd: str | os.PathLike | None = None,
+                   **columns: Any) -> dict[str, Any]:
+        """The row of a cell that produced no measurements (`failed`, or `skipped`: the device cannot run it);
+        `error` is an exception (its type, message and traceback end) or a text (first line: what happened).
+        `cwd`: the checkout whose git state the provenance columns record (default: the working directory)."""
+        if isinstance(error, BaseException):
+            text = exception_text(error)
+        else:
+            head, _, detail = error.partition("\n")
+            text = error_field(head, detail)
+        return self._row(status, text, columns, cwd)
+
+
+@dataclass
+class CellOutcome:
+    """What a measured cell returns: its row, and the text files written next to it (a loss curve, raw samples)."""
+
+    row: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,11 @@ DVC defines the work and is the cache of record; this flow only schedules it and
 - each cell is one task run named `stage@cell` that runs `dvc repro --single-item <cell>`; a cell
   `dvc status` calls up to date is reported `Skipped` and not run. Tasks never cache on their own
   (NO_CACHE, no persisted results), so Prefect and DVC cannot disagree;
-- cells of stages marked `meta: {measured: true}` in dvc.yaml hold a Prefect global concurrency
-  slot named after the device (`device-<host>-<CUDA_VISIBLE_DEVICES>`, limit 1), so two measured
-  cells never share a device, while unmeasured cells (prepare, report) may run beside them;
+- every cell that runs on this machine holds a Prefect global concurrency slot named after the
+  device (`device-<host>-<CUDA_VISIBLE_DEVICES>`, limit 1), so nothing else runs on a device while
+  a measured cell (`meta: {measured: true}` in dvc.yaml) runs there: not another measured cell, and
+  not an unmeasured one (prepare_sft, cloze, report), which would take cores, memory bandwidth and
+  energy from the measurement;
 - a stage exit code of 1 (I/O, a download) is retried; anything else fails the cell for good. A
   failed cell that wrote no row gets a `status='failed'` row with its error tail (DVC still sees
   the cell as stale: nothing is committed to dvc.lock), cells that need its outputs are `Blocked`,
@@ -38,7 +40,6 @@ import re
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,7 @@ class RunContext:
     remote: bool = False
     """Pull from / push to the default DVC remote around each cell."""
     device_limit: str | None = None
-    """Name of the global concurrency limit measured cells hold (None: no limit, e.g. when dispatching)."""
+    """Name of the global concurrency limit every cell run on this machine holds (None: no limit)."""
     dispatch: str | None = None
     """`<flow>/<deployment>` that measured cells are sent to."""
     dispatch_timeout_s: float | None = None
@@ -238,13 +239,10 @@ def write_cell_row(root: Path, cell: Cell, status: str, error: str, **extra: Any
     """
     if not cell.row_path:
         return None
-    from efficientllm.measure.provenance import provenance  # lazily: the measure package imports torch
-    from efficientllm.records import error_field, write_row
+    from efficientllm.records import CellId, write_row
 
-    head, _, detail = error.partition("\n")
-    row = {"run_id": uuid.uuid4().hex, "axis": cell.axis, "stage": cell.stage, "cell": cell.item or cell.name,
-           "technique": cell.item, "status": status, "error": error_field(head, detail), "trial": 0,
-           "extra": {"written_by": "flows.benchmark", "dvc_cell": cell.name, **extra}, **provenance(root)}
+    row = CellId(axis=cell.axis, stage=cell.stage, cell=cell.item or cell.name, technique=cell.item).failed_row(
+        error, status=status, cwd=root, extra={"written_by": "flows.benchmark", "dvc_cell": cell.name, **extra})
     return write_row(root / cell.row_path, row)
 
 
@@ -296,7 +294,7 @@ def run_cell(cell: Cell, known_stale: bool | None, ctx: RunContext) -> State:
         return _dispatch_cell(cell, ctx, log, t0)
 
     args = ["repro", "--single-item", *(["--pull"] if ctx.remote else []), cell.name]
-    if cell.measured and ctx.device_limit:
+    if ctx.device_limit:  # every local cell: nothing may run beside a measured one
         from prefect.concurrency.sync import concurrency
 
         log.info("%s: waiting for the device slot %s", cell.name, ctx.device_limit)
@@ -367,9 +365,9 @@ def apply_profile(root: Path, name: str, size: str | None = None) -> Any:
     applied by DVC's own writer (comments kept), after the merged params parse. DVC then sees what
     changed and re-runs exactly that. Returns the Profile (its `env` is for the stage commands)."""
     from dvc.utils.hydra import apply_overrides
+    from efficientllm.profiles import hydra_overrides, load_profile, merged_params
 
     from efficientllm.config import read_params
-    from efficientllm.profiles import hydra_overrides, load_profile, merged_params
 
     profile = load_profile(name, root)
     overrides = profile.overrides(size)
@@ -409,6 +407,72 @@ def _publish(root: Path, pipeline_cells: list[Cell], summary: dict[str, Any]) ->
               "duration_s": o["duration_s"]} for o in summary["outcomes"]]
     if table:
         create_table_artifact(table=table, key=CELLS_ARTIFACT_KEY, description=summary["message"])
+
+
+def _run_cells(pipeline: Pipeline, selected: list[Cell], ctx: RunContext, initially_stale: set[str], retries: int,
+               progress: Any) -> dict[str, dict[str, Any]]:
+    """Submit every selected cell once its selected upstream cells are done, in dependency order; returns each
+    cell's outcome. A cell whose upstream failed (or whose inputs are missing) is blocked, the others go on."""
+    log = get_run_logger()
+    root = Path(ctx.root)
+    outcomes: dict[str, dict[str, Any]] = {}
+    done: queue.Queue = queue.Queue()
+    futures: dict[str, Any] = {}
+    submitted: dict[str, float] = {}
+    waiting = list(selected)
+    names = {c.name for c in selected}
+    while waiting or futures:
+        for cell in list(waiting):
+            ups = [u for u in cell.upstream if u in names]
+            if any(u not in outcomes for u in ups):
+                continue
+            waiting.remove(cell)
+            bad = [u for u in ups if outcomes[u]["outcome"] in ("failed", "blocked")]
+            missing = missing_deps(root, cell)
+            if missing:
+                outcomes[cell.name] = _blocked(root, cell, bad, missing, log)
+                continue
+            ran_upstream = any(outcomes[u]["outcome"] in ("ran", "restored", "failed") for u in ups)
+            known = None if ran_upstream else cell.name in initially_stale
+            submitted[cell.name] = time.time()
+            fut = run_cell.with_options(name=cell.stage, task_run_name=cell.name, retries=retries).submit(
+                cell, known, ctx)
+            futures[cell.name] = fut
+            fut.add_done_callback(lambda f, n=cell.name: done.put(n))
+        if not futures:
+            if waiting:  # cannot happen in a DAG; never spin
+                raise RuntimeError(f"cells left with no runnable upstream: {[c.name for c in waiting]}")
+            continue
+        name = done.get()
+        result = futures.pop(name).result(raise_on_failure=False)
+        outcomes[name] = result if isinstance(result, dict) else _failed(root, pipeline[name], result,
+                                                                         submitted[name], log)
+        progress(len(outcomes))
+    return outcomes
+
+
+def _blocked(root: Path, cell: Cell, bad: list[str], missing: list[str], log: Any) -> dict[str, Any]:
+    """The outcome of a cell that cannot run: its inputs are missing (an upstream cell failed, or is not selected)."""
+    why = (f"upstream {', '.join(bad)} failed; missing {', '.join(missing)}" if bad else
+           f"missing dependency {', '.join(missing)} (its stage is not selected, or failed before)")
+    log.warning("%s: blocked: %s", cell.name, why)
+    if bad:  # the sweep records why this cell has no result
+        write_cell_row(root, cell, "skipped", f"not run: {why}", blocked_by=bad)
+    return {"cell": cell.name, "outcome": "blocked", "state": BLOCKED, "figures": {}, "error": why,
+            "duration_s": 0.0}
+
+
+def _failed(root: Path, cell: Cell, error: BaseException, submitted_at: float, log: Any) -> dict[str, Any]:
+    """The outcome of a task that raised (a CellError after its retries, or something unexpected); the cell gets a
+    failed row unless its stage wrote one itself during this run."""
+    text = error.error_text() if isinstance(error, CellError) else f"{type(error).__name__}: {error}"
+    log.error("%s: failed for good: %s", cell.name, text.splitlines()[0])
+    row_file = root / cell.row_path if cell.row_path else None
+    # A row newer than the cell's start was written by the stage itself; otherwise record the failure.
+    if row_file and not (row_file.exists() and row_file.stat().st_mtime >= submitted_at):
+        write_cell_row(root, cell, "failed", text, exit_code=getattr(error, "exit_code", None))
+    return {"cell": cell.name, "outcome": "failed", "state": FAILED, "figures": {}, "error": text,
+            "duration_s": None}
 
 
 @flow(name=FLOW_NAME, persist_result=False, log_prints=True)
@@ -461,10 +525,10 @@ def benchmark(
             raise DvcError("remote=True needs a default DVC remote: `dvc remote add -d <name> <url>`")
         log.info("DVC remote: %s", p.stdout.strip())
     limit = None
-    if not dispatch and any(c.measured for c in selected):
+    if not (dispatch and all(c.measured for c in selected)):
         limit = device_key(device)
         ensure_device_limit(limit)
-        log.info("measured cells take the concurrency slot %s (one at a time)", limit)
+        log.info("cells run here one at a time (concurrency slot %s)", limit)
     initially_stale = stale(root, [c.name for c in selected])
     ctx = RunContext(root=str(root), remote=remote, device_limit=limit, dispatch=dispatch,
                      dispatch_timeout_s=dispatch_timeout_s, env=env,
@@ -473,58 +537,8 @@ def benchmark(
 
     progress = create_progress_artifact(progress=0.0, key=PROGRESS_ARTIFACT_KEY,
                                         description=f"cells of this flow run done, of {len(selected)}")
-    outcomes: dict[str, dict[str, Any]] = {}
-    done: queue.Queue = queue.Queue()
-    futures: dict[str, Any] = {}
-    submitted: dict[str, float] = {}
-    waiting = list(selected)
-    names = {c.name for c in selected}
-    while waiting or futures:
-        for cell in list(waiting):
-            ups = [u for u in cell.upstream if u in names]
-            if any(u not in outcomes for u in ups):
-                continue
-            waiting.remove(cell)
-            bad = [u for u in ups if outcomes[u]["outcome"] in ("failed", "blocked")]
-            missing = missing_deps(root, cell)
-            if missing:
-                why = (f"upstream {', '.join(bad)} failed; missing {', '.join(missing)}" if bad else
-                       f"missing dependency {', '.join(missing)} (its stage is not selected, or failed before)")
-                log.warning("%s: blocked: %s", cell.name, why)
-                if bad:  # the sweep records why this cell has no result
-                    write_cell_row(root, cell, "skipped", f"not run: {why}", blocked_by=bad)
-                outcomes[cell.name] = {"cell": cell.name, "outcome": "blocked", "state": BLOCKED, "figures": {},
-                                       "error": why, "duration_s": 0.0}
-                continue
-            ran_upstream = any(outcomes[u]["outcome"] in ("ran", "restored", "failed") for u in ups)
-            known = None if ran_upstream else cell.name in initially_stale
-            submitted[cell.name] = time.time()
-            fut = run_cell.with_options(name=cell.stage, task_run_name=cell.name, retries=retries).submit(
-                cell, known, ctx)
-            futures[cell.name] = fut
-            fut.add_done_callback(lambda f, n=cell.name: done.put(n))
-        if not futures:
-            if waiting:  # cannot happen in a DAG; never spin
-                raise RuntimeError(f"cells left with no runnable upstream: {[c.name for c in waiting]}")
-            continue
-        name = done.get()
-        fut = futures.pop(name)
-        result = fut.result(raise_on_failure=False)
-        if isinstance(result, dict):
-            outcomes[name] = result
-        else:  # the task raised: a CellError after its retries, or something unexpected
-            cell = pipeline[name]
-            text = result.error_text() if isinstance(result, CellError) else f"{type(result).__name__}: {result}"
-            exit_code = getattr(result, "exit_code", None)
-            log.error("%s: failed for good: %s", name, text.splitlines()[0])
-            row_file = root / cell.row_path if cell.row_path else None
-            # A row newer than the cell's start was written by the stage itself; otherwise record the failure.
-            if row_file and not (row_file.exists() and row_file.stat().st_mtime >= submitted[name]):
-                write_cell_row(root, cell, "failed", text, exit_code=exit_code)
-            outcomes[name] = {"cell": name, "outcome": "failed", "state": FAILED, "figures": {}, "error": text,
-                              "duration_s": None}
-        update_progress_artifact(progress, 100.0 * len(outcomes) / max(len(selected), 1))
-
+    outcomes = _run_cells(pipeline, selected, ctx, initially_stale, retries,
+                          lambda n: update_progress_artifact(progress, 100.0 * n / max(len(selected), 1)))
     update_progress_artifact(progress, 100.0)
     summary = _summary(selected, outcomes)
     _publish(root, pipeline.cells, summary)

@@ -1,52 +1,151 @@
-"""What every measured stage does around its cell: failed rows, failure markers, curves, repeated trials.
+"""The lifecycle of one measured cell, the same for every measured stage: `run_cell(CellRun(...), body)`.
 
-Not a stage itself; the stage scripts import it.
+Not a stage itself; the stage scripts describe their cell (`CellRun`) and call `run_cell` with the library
+function that measures it. `run_cell` owns everything around the measurement, once:
 
-Repeated trials (`<section>.trials: N`): the stage runs its cell as trial 0 (outputs + `<result_dir>/row.json`),
-then `run_trials` runs trials 1..N-1, each as a fresh `python -m stages.<name> <same args> --trial k` (a fresh
-process: no allocator state, warm caches or RSS peak carried over from the trial before), which writes only its
-row (and curve / samples) under `<result_dir>/trials/<k>/`. `<result_dir>/trials/index.json` (always written, a
-DVC out) lists every trial's seed and status.
+- **exit codes**: a row (ok, skipped, failed) exits 0 so DVC records the cell and the sweep goes on; an I/O
+  error (OSError) exits 1 and writes nothing (retryable); bad params (ConfigError) exit 2 (`stages.run`).
+- **rows**: ok → the outcome's row and files; an exception the cell names (`skip`) → a `skipped` row; any other
+  exception → a `failed` row with its traceback, failure markers in place of the models it would have written
+  (DVC needs every out to exist; downstream cells then fail with a clear error) and its empty side files.
+- **ranks**: with `nproc_per_node > 1` the stage relaunches itself under torchrun (`launch_ranks`); rank 0
+  writes the outputs; a group that dies without a row gets a failed row from torchrun's last output lines.
+- **repeated trials** (`<section>.trials: N`): trial 0 writes the cell's outputs and `<result_dir>/row.json`,
+  then `run_trials` runs trials 1..N-1, each as a fresh `python -m stages.<name> <same args> --trial k` (no
+  allocator state, warm caches or RSS peak carried over), which writes only its row (and side files) under
+  `<result_dir>/trials/<k>/`. `<result_dir>/trials/index.json` (always written, a DVC out) lists every trial.
+
+    python -m stages.pretrain --variant mha      # a stage whose main is a CellRun and a body
 """
 
 from __future__ import annotations
 
-import csv
+import collections
 import dataclasses
-import io
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
-import traceback
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from efficientllm.measure.provenance import provenance
-from efficientllm.records import atomic_write_text, error_field
+from efficientllm.atomic import atomic_write_text
+from efficientllm.config import ConfigError
+from efficientllm.records import CellId, CellOutcome, write_row
+
+# --- one cell ------------------------------------------------------------------------------------------------------
 
 
-def error_text(exc: BaseException) -> str:
-    """`Type: message` on the first line, then the end of the traceback (bounded: records.error_field)."""
-    return error_field(f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
+@dataclass
+class CellRun:
+    """One cell (one trial of it) as its stage runs it."""
+
+    module: str
+    """The stage module, e.g. `stages.pretrain` (ranks and trials run it again)."""
+    argv: list[str]
+    """The stage's own command line, passed unchanged to its ranks and its trials."""
+    label: str
+    """The DVC stage name, e.g. `pretrain@mha` (printed lines, messages)."""
+    section: str
+    """The params section that holds `trials`, `device` and, for training, `nproc_per_node`."""
+    repeats: Any
+    """That section's config as given (trial 0's: `trials`, `trial_seeds`, `device`, `nproc_per_node`)."""
+    identity: CellId
+    """The identity columns of this trial's row."""
+    result_dir: Path
+    """`results/<stage>/<cell>`: trial 0 writes here, trial k under `trials/<k>/`."""
+    model_dirs: tuple[Path, ...] = ()
+    """Model outs this trial writes (trial 0 only): a failed cell leaves a FAILED.json marker in each."""
+    failure_files: Callable[[str], dict[str, str]] = lambda status: {}
+    """Side files written next to a skipped / failed row (given the status), e.g. an empty loss curve."""
+    failed_columns: dict[str, Any] = field(default_factory=dict)
+    """Columns a skipped / failed row adds to the identity (its `extra`)."""
+    skip: tuple[type[BaseException], ...] = ()
+    """Exceptions meaning the device cannot run the cell: a `skipped` row, not a `failed` one."""
+    skip_before_launch: BaseException | None = None
+    """Known before any rank starts (e.g. QLoRA under FSDP): the `skipped` row's error; no group is launched."""
+    checkpoint_dir: Path | None = None
+    """The cell's checkpoints, removed once its row is written (ok or failed)."""
+    summary: Callable[[dict[str, Any]], str] = lambda row: ""
+    """The one line printed after an ok row (key figures)."""
+
+    @property
+    def trial(self) -> int:
+        return self.identity.trial
+
+    @property
+    def out_dir(self) -> Path:
+        return trial_dir(self.result_dir, self.trial)
+
+    @property
+    def name(self) -> str:
+        return self.label + (f" trial {self.trial}" if self.trial else "")
 
 
-def failed_row(exc: BaseException, *, axis: str, stage: str, cell: str, status: str = "failed",
-               **fields: Any) -> dict[str, Any]:
-    """A row for a cell that did not produce measurements."""
-    return {
-        "run_id": uuid.uuid4().hex,
-        "axis": axis,
-        "stage": stage,
-        "cell": cell,
-        "status": status,
-        "error": error_text(exc),
-        "trial": 0,
-        **fields,
-        **provenance(),
-    }
+def run_cell(run: CellRun, body: Callable[[Any], CellOutcome]) -> int:
+    """Run one cell: launch its ranks or call `body(dist)` (dist: None for one process, else this rank's
+    DistContext), write its outputs, run its other trials. Returns the stage's exit code."""
+    from efficientllm.checkpoint import discard
+    from efficientllm.distributed import init_distributed, shutdown, under_torchrun
+
+    start_trials(run.repeats, run.trial, run.result_dir, run.section)
+    nproc = getattr(run.repeats, "nproc_per_node", 1)
+    if nproc > 1 and not under_torchrun():
+        if run.skip_before_launch is not None:
+            _record(run, run.skip_before_launch, nproc)
+            code = 0
+        else:
+            code = launch_ranks(run.module, run.argv, nproc, device=run.repeats.device, section=run.section,
+                                row_path=run.out_dir / "row.json", label=run.label,
+                                record_failure=lambda e: _record(run, e, nproc))
+        return _trials(run) if code == 0 else code
+    dist = init_distributed(run.repeats.device, section=run.section) if under_torchrun() else None
+    try:
+        outcome = body(dist)
+    except (OSError, ConfigError):  # retryable I/O (exit 1), or params the device cannot run (exit 2, e.g. bf16)
+        raise
+    except Exception as e:  # the cell failed (or cannot run here): record it as data
+        if dist is None or dist.is_main:
+            _record(run, e, dist.world_size if dist else 1)
+            if run.checkpoint_dir is not None:
+                discard(run.checkpoint_dir)
+        if dist is None:
+            return _trials(run)  # trial 0: the index says why no other trial ran
+        # A rank that stops while others wait in a collective must take the group down: exiting non-zero
+        # makes torchrun end the other ranks (they would otherwise hang until the collective times out).
+        return 1 if dist.distributed else 0
+    if dist is not None:
+        shutdown(dist)
+        if not dist.is_main:
+            return 0
+    for name, text in outcome.files.items():
+        atomic_write_text(run.out_dir / name, text)
+    write_row(run.out_dir / "row.json", outcome.row)
+    if run.checkpoint_dir is not None:
+        discard(run.checkpoint_dir)
+    print(f"{run.name}: {run.summary(outcome.row)}", flush=True)
+    return _trials(run) if dist is None else 0
+
+
+def _record(run: CellRun, error: BaseException, device_count: int) -> None:
+    """The skipped / failed row of a cell that produced no measurements, its markers and side files."""
+    status = "skipped" if isinstance(error, run.skip) else "failed"
+    row = run.identity.failed_row(error, status=status, device_count=device_count, **run.failed_columns)
+    for model_dir in run.model_dirs:
+        write_failure_marker(model_dir, row)
+    for name, text in run.failure_files(status).items():
+        atomic_write_text(run.out_dir / name, text)
+    write_row(run.out_dir / "row.json", row)
+    print(f"{run.name}: {status.upper()}: {row['error'].splitlines()[0]}", flush=True)
+
+
+def _trials(run: CellRun) -> int:
+    """After trial 0 (in the process that started it): its other trials; a later trial runs no others."""
+    return run_trials(run.module, run.argv, run.result_dir, run.repeats, run.label) if run.trial == 0 else 0
 
 
 def write_failure_marker(out_dir: Path, row: dict[str, Any]) -> None:
@@ -62,18 +161,68 @@ def write_failure_marker(out_dir: Path, row: dict[str, Any]) -> None:
     atomic_write_text(out_dir / "FAILED.json", json.dumps({"status": row["status"], "error": row["error"]}) + "\n")
 
 
-def write_curve(path: Path, records: list[dict[str, Any]], fields: tuple[str, ...] = ("step", "loss")) -> None:
-    """A CSV loss curve (a DVC plot), written atomically; an empty curve keeps its header."""
-    buf = io.StringIO()
-    names = list(records[0]) if records else list(fields)
-    w = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
-    w.writeheader()
-    for r in records:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
+# --- ranks -----------------------------------------------------------------------------------------------------------
+
+TORCHRUN_TAIL_LINES = 60
+"""Output lines of a torchrun group that died without a row, kept in the failed row's error."""
+LAUNCHED_RANKS_ENV = "EFFICIENTLLM_STAGE_LAUNCHED_RANKS"
+"""Set to 1 for the ranks a stage starts itself (`launch_ranks`); an outside launcher's ranks lack it (a stage
+that runs repeated trials after its ranks end needs to be the one that started them)."""
 
 
-# --- repeated trials ---------------------------------------------------------------------------------------------
+def torchrun_command(module: str, args: Sequence[str], nproc_per_node: int) -> list[str]:
+    """The command that runs `python -m module args` as `nproc_per_node` ranks on this machine.
+
+    `python -m torch.distributed.run` is the `torchrun` console script, found through the running interpreter
+    so the same environment runs the workers; `--standalone` rendezvouses on a free local port.
+    """
+    if nproc_per_node < 1:
+        raise ValueError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+            "-m", module, *args]
+
+
+def launch_ranks(module: str, argv: Sequence[str], nproc_per_node: int, *, device: str, section: str,
+                 row_path: Path, record_failure: Callable[[BaseException], None], label: str) -> int:
+    """Run stage `module` as `nproc_per_node` ranks on this machine (torchrun) and wait for them; returns 0.
+
+    `argv` is the stage's own command line, passed through unchanged (every flag a stage has, today's and later
+    ones, reaches its ranks). Refused before anything starts, as bad params (ValueError: the stage exits 2): a
+    `device` naming one GPU, and fewer visible GPUs than ranks. Rank 0 writes the row; a row left at `row_path`
+    by an earlier run is removed first so it cannot pass for this one's. A group that ends without a row (a rank
+    killed or out of memory while rank 0 waited in a collective, a crash before rank 0 could record it) gets one
+    from `record_failure`, called with an error holding torchrun's exit code and last output lines.
+    """
+    import torch
+
+    from efficientllm.measure.device import resolve_device
+
+    if device.strip().lower().startswith("cuda:"):
+        raise ValueError(f"[{section}] device: {device!r} names one GPU, but nproc_per_node={nproc_per_node}; "
+                         "use cuda or auto")
+    if resolve_device(device).type == "cuda" and torch.cuda.device_count() < nproc_per_node:
+        raise ValueError(f"[{section}] nproc_per_node={nproc_per_node} but {torch.cuda.device_count()} GPU(s) "
+                         "are visible")
+    row_path = Path(row_path)
+    row_path.unlink(missing_ok=True)
+    cmd = torchrun_command(module, list(argv), nproc_per_node)
+    print(f"{label}: {shlex.join(cmd)}", flush=True)
+    tail: collections.deque[str] = collections.deque(maxlen=TORCHRUN_TAIL_LINES)
+    env = {**os.environ, LAUNCHED_RANKS_ENV: "1"}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env=env) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # show the ranks' output as it comes, keep the end for a failed row
+            sys.stdout.write(line)
+            tail.append(line)
+    if row_path.exists():  # rank 0 wrote the row: ok, or failed as recorded by rank 0 itself
+        return 0
+    record_failure(RuntimeError(f"torchrun with {nproc_per_node} processes exited {proc.returncode} without a row; "
+                                "last output:\n" + "".join(tail)))
+    return 0
+
+
+# --- repeated trials -------------------------------------------------------------------------------------------------
 
 TRIALS_DIR = "trials"
 """`<result_dir>/trials/`: trial k > 0 writes `trials/<k>/row.json`; `trials/index.json` lists them all."""
@@ -114,10 +263,7 @@ def start_trials(repeats: Any, trial: int, cell_dir: Path, section: str) -> None
     Ranks this stage started itself carry LAUNCHED_RANKS_ENV; the process that launched them runs trials 1..N-1 once
     they are done. An outside launcher's ranks (a multi-node torchrun) have nobody to do that, so N > 1 is an error.
     """
-    import os
-
-    from efficientllm.config import ConfigError
-    from efficientllm.distributed import LAUNCHED_RANKS_ENV, under_torchrun
+    from efficientllm.distributed import under_torchrun
 
     if under_torchrun():
         if repeats.trials > 1 and os.environ.get(LAUNCHED_RANKS_ENV) != "1":
@@ -170,12 +316,10 @@ def run_trials(module: str, argv: Sequence[str], result_dir: Path, cfg: Any, lab
                 code = 1
                 break
             if row is None:
-                from efficientllm.records import write_row
-
-                error = RuntimeError(f"trial {k} exited {proc.returncode} without writing its row")
                 fields = {f: first[f] for f in TRIAL_ROW_FIELDS if first.get(f) is not None}
-                row = failed_row(error, trial=k, seed=for_trial(cfg, k, first.get("stage", "?")).seed,
-                                 **fields)
+                seed = for_trial(cfg, k, first.get("stage", "?")).seed
+                row = CellId(trial=k, seed=seed, **fields).failed_row(
+                    RuntimeError(f"trial {k} exited {proc.returncode} without writing its row"))
                 write_row(row_path, row)
             runs.append({"trial": k, "seed": row.get("seed"), "status": row.get("status"),
                          "exit_code": proc.returncode})

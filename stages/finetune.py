@@ -27,17 +27,7 @@ import sys
 from pathlib import Path
 
 from stages import PARAMS_FILE, run
-from stages.cells import (
-    add_trial_argument,
-    failed_row,
-    for_trial,
-    run_trials,
-    start_trials,
-    trial_dir,
-    trial_name,
-    write_curve,
-    write_failure_marker,
-)
+from stages.cells import CellRun, add_trial_argument, for_trial, run_cell, trial_name
 
 DATA_ROOT = Path("data/sft")
 MODEL_ROOT = Path("models/finetune")
@@ -65,85 +55,39 @@ def main(argv: list[str] | None = None) -> int:
     if not (data_dir / "train.jsonl").exists():
         raise FileNotFoundError(f"SFT data missing: {data_dir}/train.jsonl (run `dvc repro prepare_sft@{dataset}`)")
 
-    from efficientllm.checkpoint import CHECKPOINT_ROOT, discard
-    from efficientllm.distributed import (
-        init_distributed,
-        launch_ranks,
-        micro_batching,
-        shutdown,
-        under_torchrun,
-    )
+    from efficientllm.checkpoint import CHECKPOINT_ROOT
     from efficientllm.finetune import CellSkipped, check_cell, distributed_unsupported, finetune_cell
-    from efficientllm.records import write_row
+    from efficientllm.records import CellId
+    from efficientllm.training import curve_csv
 
     check_cell(method, sft, cfg)  # bad params fail here, before anything is written
-    cell = f"{method}-{dataset}"
+    name = f"{method}-{dataset}"
     # trial 0 writes the adapter and merged model; later trials only their rows (the weights are trial 0's to use)
-    model_dir = MODEL_ROOT / cell if args.trial == 0 else None
-    result_dir = trial_dir(RESULT_ROOT / cell, args.trial)
-    checkpoint_dir = CHECKPOINT_ROOT / "finetune" / trial_name(cell, args.trial)
-    start_trials(repeats, args.trial, RESULT_ROOT / cell, "finetune")
-    common = dict(axis="finetune", stage="finetune", cell=cell, technique=method, dataset=dataset,
-                  model=cfg.base_model, seed=cfg.seed, trial=args.trial, batch_size=cfg.batch_size,
-                  seq_len=sft.max_seq_len)
+    model_dir = MODEL_ROOT / name if args.trial == 0 else None
+    checkpoint_dir = CHECKPOINT_ROOT / "finetune" / trial_name(name, args.trial)
+    reason = distributed_unsupported(method, cfg.parallelism, cfg.nproc_per_node)
 
-    def record(e: BaseException, device_count: int) -> None:
-        """A skipped (the device cannot run it) or failed row, failure markers in place of the model, no curve."""
-        status = "skipped" if isinstance(e, CellSkipped) else "failed"
-        row = failed_row(e, status=status, **common, device_count=device_count, extra={"method": method})
-        for sub in ("adapter", "merged") if model_dir is not None else ():
-            write_failure_marker(model_dir / sub, row)
-        write_curve(result_dir / "loss.csv", [])
-        write_row(result_dir / "row.json", row)
-        print(f"finetune@{cell}: {status.upper()}: {row['error'].splitlines()[0]}")
+    def summary(r: dict) -> str:
+        x = r["extra"]
+        em = f" exact_match={x['exact_match']:.3f}" if x.get("exact_match") is not None else ""
+        return (f"eval_loss={r['eval_loss']:.4f} (from {x['eval_loss_initial']:.4f}){em} "
+                f"trainable={r['n_trainable_params']}/{r['n_params']} al_s={r['al_s']:.4f} "
+                f"st={r['st_samples_per_param_s']:.3g} peak_mem={r['peak_mem_bytes'] / 2**20:.0f}MiB "
+                f"adapter={x.get('adapter_size_bytes', 0) / 1024:.0f}KiB duration={r['duration_s']:.1f}s")
 
-    if cfg.nproc_per_node > 1 and not under_torchrun():
-        reason = distributed_unsupported(method, cfg.parallelism, cfg.nproc_per_node)
-        if reason is not None:  # known before any rank starts: no group to launch for a skipped row
-            record(CellSkipped(reason), cfg.nproc_per_node)
-            code = 0
-        else:
-            code = launch_ranks(  # the ranks get LAUNCHED_RANKS_ENV (see stages.cells.start_trials)
-                "stages.finetune", argv, cfg.nproc_per_node, device=cfg.device, section="finetune",
-                row_path=result_dir / "row.json", label=f"finetune@{cell}",
-                record_failure=lambda e: record(e, cfg.nproc_per_node))
-        return run_trials("stages.finetune", argv, RESULT_ROOT / cell, repeats, f"finetune@{cell}") \
-            if code == 0 and args.trial == 0 else code
-    dist = init_distributed(cfg.device, section="finetune") if under_torchrun() else None
-    if dist is not None:  # an outside launcher's world must split the batch too
-        micro_batching(cfg.batch_size, dist.world_size, None, section="finetune")
-    try:
-        outcome = finetune_cell(method=method, dataset=dataset, sft=sft, cfg=cfg, measure=measure,
-                                data_dir=data_dir, out_dir=model_dir, checkpoint_dir=checkpoint_dir, dist=dist)
-    except OSError:
-        raise
-    except Exception as e:  # skipped or failed while running: record it as data
-        if dist is None or dist.is_main:
-            record(e, dist.world_size if dist else 1)
-            discard(checkpoint_dir)
-        if dist is None and args.trial == 0:
-            return run_trials("stages.finetune", argv, RESULT_ROOT / cell, repeats, f"finetune@{cell}")
-        # A rank that stops while others wait in a collective must take the group down: exiting non-zero
-        # makes torchrun end the other ranks (they would otherwise hang until the collective times out).
-        return 1 if dist is not None and dist.distributed else 0
-    if dist is not None:
-        shutdown(dist)
-        if not dist.is_main:
-            return 0
-    outcome.row["trial"] = args.trial
-    write_curve(result_dir / "loss.csv", outcome.loss_curve)
-    write_row(result_dir / "row.json", outcome.row)
-    discard(checkpoint_dir)
-    r, x = outcome.row, outcome.row["extra"]
-    em = f" exact_match={x['exact_match']:.3f}" if x.get("exact_match") is not None else ""
-    label = f"finetune@{cell}" + (f" trial {args.trial}" if args.trial else "")
-    print(f"{label}: eval_loss={r['eval_loss']:.4f} (from {x['eval_loss_initial']:.4f}){em} "
-          f"trainable={r['n_trainable_params']}/{r['n_params']} al_s={r['al_s']:.4f} "
-          f"st={r['st_samples_per_param_s']:.3g} peak_mem={r['peak_mem_bytes'] / 2**20:.0f}MiB "
-          f"adapter={x.get('adapter_size_bytes', 0) / 1024:.0f}KiB duration={r['duration_s']:.1f}s")
-    if args.trial == 0 and dist is None:
-        return run_trials("stages.finetune", argv, RESULT_ROOT / cell, repeats, f"finetune@{cell}")
-    return 0
+    cell = CellRun(
+        module="stages.finetune", argv=argv, label=f"finetune@{name}", section="finetune", repeats=repeats,
+        identity=CellId(axis="finetune", stage="finetune", cell=name, technique=method, model=cfg.base_model,
+                        dataset=dataset, trial=args.trial, seed=cfg.seed, batch_size=cfg.batch_size,
+                        seq_len=sft.max_seq_len),
+        result_dir=RESULT_ROOT / name,
+        model_dirs=(model_dir / "adapter", model_dir / "merged") if model_dir else (),
+        failure_files=lambda status: {"loss.csv": curve_csv([])}, failed_columns={"extra": {"method": method}},
+        skip=(CellSkipped,), skip_before_launch=CellSkipped(reason) if reason else None,
+        checkpoint_dir=checkpoint_dir, summary=summary)
+    return run_cell(cell, lambda dist: finetune_cell(
+        cell=cell.identity, method=method, dataset=dataset, sft=sft, cfg=cfg, measure=measure, data_dir=data_dir,
+        out_dir=model_dir, checkpoint_dir=checkpoint_dir, dist=dist))
 
 
 if __name__ == "__main__":

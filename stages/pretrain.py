@@ -26,33 +26,9 @@ import sys
 from pathlib import Path
 
 from stages import PARAMS_FILE, run
-from stages.cells import (
-    add_trial_argument,
-    failed_row,
-    for_trial,
-    run_trials,
-    start_trials,
-    trial_dir,
-    trial_name,
-    write_curve,
-    write_failure_marker,
-)
+from stages.cells import CellRun, add_trial_argument, for_trial, run_cell, trial_name
 
 DATA_DIR = Path("data/prepared")
-
-
-def _record_failure(e: BaseException, slug: str, cfg, recipe: dict, model_dir: Path | None, result_dir: Path,
-                    device_count: int, trial: int = 0) -> None:
-    from efficientllm.records import write_row
-
-    row = failed_row(e, axis="pretrain", stage="pretrain", cell=slug, technique=slug, trial=trial,
-                     seed=cfg.seed, batch_size=cfg.batch_size, device_count=device_count,
-                     extra={"recipe": recipe})
-    if model_dir is not None:  # trial 0 owns the model folder; later trials keep no model
-        write_failure_marker(model_dir, row)
-    write_curve(result_dir / "loss.csv", [])
-    write_row(result_dir / "row.json", row)
-    print(f"pretrain@{slug}: FAILED: {row['error'].splitlines()[0]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
 
-    from efficientllm.config import ConfigError, load_section, load_variant, read_params
+    from efficientllm.config import load_section, load_variant, read_params
 
     params = read_params(args.params)
     slug = args.variant
@@ -75,69 +51,32 @@ def main(argv: list[str] | None = None) -> int:
     if not (DATA_DIR / "train.npy").exists():
         raise FileNotFoundError(f"prepared corpus missing: {DATA_DIR}/train.npy (run `dvc repro prepare`)")
 
-    from efficientllm.checkpoint import CHECKPOINT_ROOT, discard
-    from efficientllm.distributed import (
-        init_distributed,
-        launch_ranks,
-        micro_batching,
-        shutdown,
-        under_torchrun,
-    )
-    from efficientllm.pretrain import model_config, pretrain_cell
-    from efficientllm.records import write_row
-
-    model_dir = Path("models/pretrain") / slug if args.trial == 0 else None  # later trials keep no model
-    cell_dir = Path("results/pretrain") / slug
-    result_dir = trial_dir(cell_dir, args.trial)
-    checkpoint_dir = CHECKPOINT_ROOT / "pretrain" / trial_name(slug, args.trial)
-    # Bad recipes fail here, before anything is written.
     from transformers import AutoTokenizer
 
+    from efficientllm.checkpoint import CHECKPOINT_ROOT
     from efficientllm.data import load_blocks
+    from efficientllm.pretrain import model_config, pretrain_cell
+    from efficientllm.records import CellId
+    from efficientllm.training import curve_csv
 
     block_len = int(load_blocks(DATA_DIR / "train.npy").shape[1])
+    # Bad recipes fail here, before anything is written.
     model_config(slug, base, recipe, AutoTokenizer.from_pretrained(DATA_DIR / "tokenizer"), block_len)
-    start_trials(repeats, args.trial, cell_dir, "pretrain")
-    if cfg.nproc_per_node > 1 and not under_torchrun():
-        code = launch_ranks(  # the ranks get LAUNCHED_RANKS_ENV (see stages.cells.start_trials)
-            "stages.pretrain", argv, cfg.nproc_per_node, device=cfg.device, section="pretrain",
-            row_path=result_dir / "row.json", label=f"pretrain@{slug}",
-            record_failure=lambda e: _record_failure(e, slug, cfg, recipe, model_dir, result_dir,
-                                                     device_count=cfg.nproc_per_node, trial=args.trial))
-        return run_trials("stages.pretrain", argv, cell_dir, repeats, f"pretrain@{slug}") \
-            if code == 0 and args.trial == 0 else code
-    dist = init_distributed(cfg.device) if under_torchrun() else None
-    if dist is not None:
-        micro_batching(cfg.batch_size, dist.world_size, cfg.micro_batch_size)  # a world that splits the batch
-    try:
-        outcome = pretrain_cell(slug=slug, base=base, recipe=recipe, cfg=cfg, measure=measure,
-                                data_dir=DATA_DIR, model_out=model_dir, dist=dist, checkpoint_dir=checkpoint_dir)
-    except (OSError, ConfigError):  # retryable I/O (exit 1), or params the device cannot run (exit 2, e.g. bf16)
-        raise
-    except Exception as e:  # the cell failed while running: record it as data
-        if dist is None or dist.is_main:
-            _record_failure(e, slug, cfg, recipe, model_dir, result_dir, dist.world_size if dist else 1, args.trial)
-            discard(checkpoint_dir)
-        if dist is None and args.trial == 0:
-            return run_trials("stages.pretrain", argv, cell_dir, repeats, f"pretrain@{slug}")  # the index only
-        # A rank that stops while others wait in a collective must take the group down: exiting non-zero
-        # makes torchrun end the other ranks (they would otherwise hang until the collective times out).
-        return 1 if dist is not None and dist.distributed else 0
-    if dist is not None:
-        shutdown(dist)
-        if not dist.is_main:
-            return 0
-    outcome.row["trial"] = args.trial
-    write_curve(result_dir / "loss.csv", outcome.loss_curve)
-    write_row(result_dir / "row.json", outcome.row)
-    discard(checkpoint_dir)
-    r = outcome.row
-    print(f"pretrain@{slug}{f' trial {args.trial}' if args.trial else ''}: val_ppl={r['quality_value']:.2f} "
-          f"al_s={r['al_s']:.4f} tokens_per_s={r['tokens_per_s']:.0f} mfu={r['mfu'] or 0:.3f} "
-          f"energy_j={r['energy_j']:.1f} ({r['energy_source']})")
-    if args.trial == 0 and dist is None:
-        return run_trials("stages.pretrain", argv, cell_dir, repeats, f"pretrain@{slug}")
-    return 0
+    model_dir = Path("models/pretrain") / slug if args.trial == 0 else None  # later trials keep no model
+    checkpoint_dir = CHECKPOINT_ROOT / "pretrain" / trial_name(slug, args.trial)
+    cell = CellRun(
+        module="stages.pretrain", argv=argv, label=f"pretrain@{slug}", section="pretrain", repeats=repeats,
+        identity=CellId(axis="pretrain", stage="pretrain", cell=slug, technique=slug, trial=args.trial,
+                        seed=cfg.seed, batch_size=cfg.batch_size, seq_len=block_len),
+        result_dir=Path("results/pretrain") / slug, model_dirs=(model_dir,) if model_dir else (),
+        failure_files=lambda status: {"loss.csv": curve_csv([])}, failed_columns={"extra": {"recipe": recipe}},
+        checkpoint_dir=checkpoint_dir,
+        summary=lambda r: (f"val_ppl={r['quality_value']:.2f} al_s={r['al_s']:.4f} "
+                           f"tokens_per_s={r['tokens_per_s']:.0f} mfu={r['mfu'] or 0:.3f} "
+                           f"energy_j={r['energy_j']:.1f} ({r['energy_source']})"))
+    return run_cell(cell, lambda dist: pretrain_cell(
+        cell=cell.identity, slug=slug, base=base, recipe=recipe, cfg=cfg, measure=measure, data_dir=DATA_DIR,
+        model_out=model_dir, dist=dist, checkpoint_dir=checkpoint_dir))
 
 
 if __name__ == "__main__":

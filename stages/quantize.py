@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from stages import PARAMS_FILE, run
-from stages.cells import add_trial_argument, clear_trials, failed_row, for_trial, run_trials, trial_dir
+from stages.cells import CellRun, add_trial_argument, for_trial, run_cell
 
 DATA_DIR = Path("data/prepared")
 RESULTS_DIR = Path("results/quantize")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"(defined: {', '.join(cfg.models) or 'none'})")
         spec = cfg.models[args.hub_model]
         model_ref, revision, model_name = spec["id"], spec.get("revision"), spec["id"]
-        cell = f"{args.hub_model}-{args.precision}"
+        name = f"{args.hub_model}-{args.precision}"
         from efficientllm.hub import hub_commit, is_commit
 
         if not is_commit(revision):  # resolve a moving reference once, then load exactly that commit
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.model or not SLUG_RE.match(args.model):
             raise ConfigError(f"--model-dir needs --model <slug> (lowercase letters, digits, - _), got {args.model!r}")
-        model_ref, revision, cell = Path(args.model_dir), None, f"{args.model}-{args.precision}"
+        model_ref, revision, name = Path(args.model_dir), None, f"{args.model}-{args.precision}"
         model_name = model_ref.as_posix().removeprefix("models/")
         if not model_ref.is_dir():
             raise FileNotFoundError(f"model directory missing: {model_ref} (run its DVC stage first)")
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from efficientllm.evaluation import task_configs
     from efficientllm.inference import check_workload, quantize_cell
-    from efficientllm.records import atomic_write_text, write_row
+    from efficientllm.records import CellId
 
     # Bad params fail here, before anything is written: a missing task data file, a workload that does not fit.
     task_configs(tasks, eval_cfg.tasks_dir, eval_cfg.data_files)
@@ -103,41 +103,33 @@ def main(argv: list[str] | None = None) -> int:
     if local_config is not None and local_config.is_file():
         max_pos = json.loads(local_config.read_text()).get("max_position_embeddings")
     check_workload(cfg, max_pos)
-    result_dir = trial_dir(RESULTS_DIR / cell, args.trial)
-    if args.trial == 0:
-        clear_trials(RESULTS_DIR / cell)
-    label = f"{args.stage}@{cell if args.hub_model is not None else args.precision}"  # the DVC stage name
-    stage_label = label
-    if args.trial:
-        label = f"{label} trial {args.trial}"
-    try:
-        outcome = quantize_cell(stage=args.stage, cell=cell, precision=args.precision, model_ref=model_ref,
-                                model_name=model_name, revision=revision, cfg=cfg, eval_cfg=eval_cfg, tasks=tasks,
-                                measure=measure, data_dir=DATA_DIR)
-    except OSError:
-        raise
-    except Exception as e:  # skipped (the device cannot run it) or failed: recorded as data either way
-        status = "skipped" if isinstance(e, PrecisionUnsupported) else "failed"
-        row = failed_row(e, axis="quantize", stage=args.stage, cell=cell, status=status, technique=args.precision,
-                         model=model_name, seed=cfg.seed, trial=args.trial, batch_size=cfg.batch_size,
-                         seq_len=cfg.prompt_len,
-                         extra={"precision": args.precision, "model_source": str(model_ref),
-                                "model_revision": revision, "quality_gate_ratio": cfg.quality_gate_ratio})
-        atomic_write_text(result_dir / "samples.json", json.dumps({"status": status, "requests": []}) + "\n")
-        write_row(result_dir / "row.json", row)
-        print(f"{label}: {status.upper()}: {row['error'].splitlines()[0]}")
-        return run_trials("stages.quantize", argv, RESULTS_DIR / cell, repeats, stage_label) if args.trial == 0 else 0
-    outcome.row["trial"] = args.trial
-    if args.hub_model is not None:  # the commit that was loaded: the pin, or what a moving ref named at load time
-        outcome.row["extra"]["model_commit"] = revision if is_commit(revision) else None
-    atomic_write_text(result_dir / "samples.json", json.dumps(outcome.samples) + "\n")
-    write_row(result_dir / "row.json", outcome.row)
-    r = outcome.row
-    print(f"{label}: {r['quality_metric']}={_fmt(r['quality_value'])} "
-          f"val_ppl={_fmt(r['extra']['val_ppl'])} weight_bytes={r['model_size_bytes']:.0f} "
-          f"ttft_p50={_fmt(r['ttft_s_p50'])}s tpot_p50={_fmt(r['tpot_s_p50'])}s it={_fmt(r['it_tokens_per_s'])} tok/s "
-          f"energy_j={_fmt(r['energy_j'])} ({r['energy_source']}) in {r['duration_s']:.1f}s")
-    return run_trials("stages.quantize", argv, RESULTS_DIR / cell, repeats, stage_label) if args.trial == 0 else 0
+    cell = CellRun(
+        module="stages.quantize", argv=argv, section=section, repeats=repeats,
+        label=f"{args.stage}@{name if args.hub_model is not None else args.precision}",  # the DVC stage name
+        identity=CellId(axis="quantize", stage=args.stage, cell=name, technique=args.precision, model=model_name,
+                        trial=args.trial, seed=cfg.seed, batch_size=cfg.batch_size, seq_len=cfg.prompt_len),
+        result_dir=RESULTS_DIR / name,
+        failure_files=lambda status: {"samples.json": json.dumps({"status": status, "requests": []}) + "\n"},
+        failed_columns={"extra": {"precision": args.precision, "model_source": str(model_ref),
+                                  "model_revision": revision, "quality_gate_ratio": cfg.quality_gate_ratio}},
+        skip=(PrecisionUnsupported,), summary=_summary)
+
+    def body(dist: object) -> object:
+        outcome = quantize_cell(cell=cell.identity, precision=args.precision, model_ref=model_ref,
+                                revision=revision, cfg=cfg, eval_cfg=eval_cfg, tasks=tasks, measure=measure,
+                                data_dir=DATA_DIR)
+        if args.hub_model is not None:  # the commit that was loaded: the pin, or what a moving ref named at load
+            outcome.row["extra"]["model_commit"] = revision if is_commit(revision) else None
+        return outcome
+
+    return run_cell(cell, body)
+
+
+def _summary(r: dict) -> str:
+    return (f"{r['quality_metric']}={_fmt(r['quality_value'])} val_ppl={_fmt(r['extra']['val_ppl'])} "
+            f"weight_bytes={r['model_size_bytes']:.0f} ttft_p50={_fmt(r['ttft_s_p50'])}s "
+            f"tpot_p50={_fmt(r['tpot_s_p50'])}s it={_fmt(r['it_tokens_per_s'])} tok/s "
+            f"energy_j={_fmt(r['energy_j'])} ({r['energy_source']}) in {r['duration_s']:.1f}s")
 
 
 def _fmt(value: float | None) -> str:

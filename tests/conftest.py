@@ -104,3 +104,11 @@ def greedy(model, input_ids, attention_mask=None, use_cache=True, new_tokens=8) 
     out = model.generate(input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=new_tokens,
                          min_new_tokens=new_tokens, use_cache=use_cache, pad_token_id=0)
     return out[:, input_ids.shape[1]:]
+
+
+def curve_losses(outcome) -> list[float]:
+    """The training losses of a cell's outcome, from its loss.csv (6 significant digits, as the stage writes it)."""
+    import csv
+    import io
+
+    return [float(r["loss"]) for r in csv.DictReader(io.StringIO(outcome.files["loss.csv"]))]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import curve_losses
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -24,6 +25,7 @@ from efficientllm.config import ConfigError, MeasureConfig, ModelConfig, Pretrai
 from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM, count_parameters
 from efficientllm.models.baselines import DEFAULT_TOLERANCE, FAMILIES, describe_variant, family_of, resolve_recipe
 from efficientllm.models.sizing import KNOBS, fit_knob, non_embedding_parameters, size_to_budget
+from efficientllm.records import CellId
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 300
@@ -317,10 +319,11 @@ def test_pretrain_cell_trains_a_baseline_unchanged(slug: str, data_dir: Path, tm
     cfg = PretrainConfig(device="cpu", batch_size=2, steps=3, lr_warmup_steps=1, measure_warmup_steps=1,
                          eval_batches=2)
     measure = MeasureConfig(peak_calibration_n=128, cache_dir=str(tmp_path / "cache"))
-    outcome = pretrain_cell(slug=slug, base=ModelConfig(**BASE), recipe=RECIPES[slug], cfg=cfg, measure=measure,
+    outcome = pretrain_cell(cell=CellId(axis="pretrain", stage="pretrain", cell=slug),
+                            slug=slug, base=ModelConfig(**BASE), recipe=RECIPES[slug], cfg=cfg, measure=measure,
                             data_dir=data_dir, model_out=tmp_path / "model")
     row, extra = outcome.row, outcome.row["extra"]
-    assert all(math.isfinite(r["loss"]) for r in outcome.loss_curve) and math.isfinite(row["quality_value"])
+    assert all(math.isfinite(x) for x in curve_losses(outcome)) and math.isfinite(row["quality_value"])
     family = FAMILIES[RECIPES[slug]["family"]]
     assert row["model"].startswith(f"{family.name}-")
     assert extra["family"] == family.name and extra["flops_method"] == family.flops_method

@@ -16,18 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_OVERRIDES, copy_repo, run, write_params
+from conftest import TINY_OVERRIDES, copy_repo, curve_losses, run, write_params
 
 from efficientllm.config import ConfigError, PretrainConfig, load_section, load_variant
 from efficientllm.distributed import (
     aggregate_windows,
     micro_batching,
     single_process,
-    torchrun_command,
     under_torchrun,
     unsharded_copy,
 )
 from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM
+from efficientllm.records import CellId
+from stages.cells import torchrun_command
 
 # --- pieces ---------------------------------------------------------------------------------------------------
 
@@ -125,7 +126,8 @@ def prepared(tmp_path_factory):
     run([sys.executable, "-m", "stages.prepare"], repo)
     params = repo / "params.yaml"
     measure = load_section(params, "measure")
-    ref = pretrain_cell(slug="mha", base=load_section(params, "model"), recipe=load_variant(params, "mha"),
+    ref = pretrain_cell(cell=CellId(axis="pretrain", stage="pretrain", cell="mha"),
+                        slug="mha", base=load_section(params, "model"), recipe=load_variant(params, "mha"),
                         cfg=load_section(params, "pretrain"), data_dir=repo / "data/prepared",
                         measure=dataclasses.replace(measure, cache_dir=str(root / "cache")),
                         model_out=root / "single_model")
@@ -149,7 +151,7 @@ def _run_ranks(repo: Path, **pretrain) -> tuple[dict, list[dict]]:
 def _check_same_as_single(row: dict, curve: list[dict], ref) -> None:
     assert row["status"] == "ok", row["error"]
     assert row["device_count"] == 2 and row["batch_size"] == 4
-    ref_losses = [r["loss"] for r in ref.loss_curve]
+    ref_losses = curve_losses(ref)
     # DDP / FSDP average the ranks' gradients over equal token shares: the same updates as one process with the
     # global batch, up to float summation order (and 1 vs 2 threads); loss.csv keeps 6 significant digits.
     assert [float(r["loss"]) for r in curve] == pytest.approx(ref_losses, rel=2e-5)
@@ -191,7 +193,7 @@ def test_fsdp_with_accumulation_and_checkpointing_matches_one_process(prepared):
 
 def test_launcher_records_a_group_that_dies_without_a_row(prepared, monkeypatch, capsys):
     """torchrun exits non-zero and no rank wrote a row: the launching stage writes the failed row itself."""
-    import efficientllm.distributed as distributed
+    import stages.cells as distributed
 
     repo, _, _ = prepared
     monkeypatch.chdir(repo)
@@ -235,7 +237,8 @@ def test_ddp_group_killed_mid_run_resumes_from_rank0s_checkpoint(prepared, tmp_p
     params["pretrain"].update(long, **DIST_DEFAULTS)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     single = load_section(params_path, "pretrain")
-    ref = pretrain_cell(slug="mha", base=load_section(params_path, "model"), recipe=load_variant(params_path, "mha"),
+    ref = pretrain_cell(cell=CellId(axis="pretrain", stage="pretrain", cell="mha"),
+                        slug="mha", base=load_section(params_path, "model"), recipe=load_variant(params_path, "mha"),
                         cfg=dataclasses.replace(single, nproc_per_node=1, checkpoint_every_steps=0),
                         data_dir=repo / "data/prepared", model_out=None,
                         measure=dataclasses.replace(load_section(params_path, "measure"), cache_dir=str(tmp_path)))
@@ -263,6 +266,6 @@ def test_ddp_group_killed_mid_run_resumes_from_rank0s_checkpoint(prepared, tmp_p
     # All 80 steps, before and after the resume, on the one-process trajectory: 2 ranks vs 1 differ by float
     # summation order only, which grows to ~5e-5 over 80 steps; a resume that lost the optimizer moments or the
     # schedule would be off by orders of magnitude more.
-    assert curve == pytest.approx([r["loss"] for r in ref.loss_curve], rel=2e-4)
+    assert curve == pytest.approx(curve_losses(ref), rel=2e-4)
     assert row["quality_value"] == pytest.approx(ref.row["quality_value"], rel=2e-4)
     assert not list(ckpt_root.glob("*/step-*")), "checkpoints are removed once the row is written"

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, env
+from conftest import REPO, curve_losses, env
 
 from efficientllm.config import load_section
+from efficientllm.records import CellId
 
 STAGE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
              "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -78,7 +79,8 @@ def ft(tmp_path_factory):
         for name, (method, overrides) in RUNS.items():
             params = _params(root, name, nproc_per_node=2, **overrides)
             one = dataclasses.replace(load_section(params, "finetune"), nproc_per_node=1)
-            refs[name] = finetune_cell(method=method, dataset="arith", sft=load_section(params, "sft"), cfg=one,
+            refs[name] = finetune_cell(cell=CellId(axis="finetune", stage="finetune", cell=name),
+                                       method=method, dataset="arith", sft=load_section(params, "sft"), cfg=one,
                                        measure=load_section(params, "measure"), data_dir=Path("data/sft/arith"),
                                        out_dir=Path("ref") / name)
     return root, refs
@@ -125,7 +127,7 @@ def _check_same_as_one_process(row: dict, curve: list[dict], ref, parallelism: s
     assert row["device_count"] == 2 and row["batch_size"] == ref.row["batch_size"] == 4
     # The ranks' losses weighted by their response tokens: the same updates as one process, up to float summation
     # order (loss.csv keeps 6 significant digits).
-    assert [float(r["loss"]) for r in curve] == pytest.approx([r["loss"] for r in ref.loss_curve], rel=2e-5)
+    assert [float(r["loss"]) for r in curve] == pytest.approx(curve_losses(ref), rel=2e-5)
     assert row["eval_loss"] == pytest.approx(ref.row["eval_loss"], rel=1e-5)  # eval sharded over ranks, summed
     assert row["extra"]["eval_loss_initial"] == pytest.approx(ref.row["extra"]["eval_loss_initial"], rel=1e-6)
     assert row["extra"]["exact_match"] == ref.row["extra"]["exact_match"]
@@ -171,7 +173,7 @@ def test_full_fsdp_with_accumulation_and_checkpointing_matches_one_process(ft):
 
 def test_qlora_under_fsdp_is_a_skipped_row(ft, monkeypatch):
     """Known before any rank starts: the stage writes the skipped row without launching a group."""
-    import efficientllm.distributed as distributed
+    import stages.cells as distributed
 
     root, _ = ft
     monkeypatch.chdir(root)
@@ -212,7 +214,7 @@ def test_bad_multi_process_params_exit_2_and_write_nothing(ft, overrides, messag
 def test_a_group_that_dies_without_a_row_gets_a_failed_row(ft, monkeypatch, capsys):
     """torchrun exits non-zero and no rank wrote a row: the launching stage writes the failed row itself; the
     ranks were given the stage's own arguments, whatever they are."""
-    import efficientllm.distributed as distributed
+    import stages.cells as distributed
 
     root, _ = ft
     monkeypatch.chdir(root)

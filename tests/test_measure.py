@@ -19,8 +19,8 @@ import pynvml
 import pytest
 import torch
 
-from efficientllm import records
-from efficientllm.measure import compute, device, energy, memory, metrics, provenance, timing
+from efficientllm import provenance, records
+from efficientllm.measure import compute, device, energy, memory, metrics, timing
 from efficientllm.measure.window import WINDOW_COLUMNS, MeasurementWindow
 
 CPU = torch.device("cpu")

@@ -15,8 +15,8 @@ import pytest
 from conftest import BIN, run, write_params
 
 from efficientllm.config import ConfigError, PretrainConfig
-from efficientllm.records import read_row, write_row
-from stages.cells import failed_row, for_trial, run_trials, trial_dir, trial_name
+from efficientllm.records import CellId, read_row, write_row
+from stages.cells import for_trial, run_trials, trial_dir, trial_name
 
 FIRST = {"axis": "pretrain", "stage": "pretrain", "cell": "mha", "technique": "mha", "batch_size": 4}
 
@@ -33,7 +33,7 @@ def _stage_module(where: Path, name: str, body: str) -> str:
 
 
 def _trial0(result_dir: Path, status: str = "ok") -> None:
-    row = failed_row(RuntimeError("x"), status=status, seed=7, **FIRST) if status != "ok" else \
+    row = CellId(seed=7, **FIRST).failed_row(RuntimeError("x"), status=status) if status != "ok" else \
         {"run_id": "r0", "status": "ok", "trial": 0, "seed": 7, **FIRST}
     write_row(result_dir / "row.json", row)
 

@@ -3,8 +3,8 @@
 One context manager per job: `StepTimer` (latency, AL), `MemorySampler` (AMU), `TorchCudaPeak` /
 `RssPeak` (peak memory), `UtilizationTracker` (PCU), `EnergyMeter` (energy, AEC), composed by
 `MeasurementWindow` into row columns; `measure_peak_flops` + `mfu` (MFU); `metrics` (TT, ST, IT,
-tokens/J, MCR); `provenance.provenance()` (git, versions, host, time). Every figure carries its source label:
-nvml, rapl, estimate, torch, rss or cpu_time. Sensors and clocks are injectable for tests.
+tokens/J, MCR). Every figure carries its source label: nvml, rapl, estimate, torch, rss or cpu_time
+(what produced a row, git and versions, is efficientllm.provenance). Sensors and clocks are injectable for tests.
 
     python -c "from efficientllm.measure.window import demo; demo()"
 """

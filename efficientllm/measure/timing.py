@@ -196,3 +196,31 @@ class GaugeSampler:
     def first_with_data(self) -> int | None:
         """Index of the first gauge that produced any reading (the primary one, unless it failed)."""
         return next((i for i, s in enumerate(self.series) if s), None)
+
+
+class Phases:
+    """Wall time of a cell's phases, with one progress line per phase on stderr, so a long cell is never silent.
+
+        phases = Phases("quantize@int4")
+        with phases("load"):
+            model = load()
+        row["extra"]["phase_s"] = phases.seconds      # {"load_s": 3.2, ...}
+    """
+
+    def __init__(self, label: str, clock: Clock = time.perf_counter, stream: Any = None) -> None:
+        self.label = label
+        self.clock = clock
+        self.stream = stream
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        import sys
+
+        out = self.stream if self.stream is not None else sys.stderr
+        print(f"{self.label}: {name} ...", file=out, flush=True)
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.seconds[f"{name.replace(' ', '_')}_s"] = self.clock() - start

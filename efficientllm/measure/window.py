@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +88,41 @@ class MeasurementWindow:
 
     def __enter__(self) -> MeasurementWindow:
         self.result = dict.fromkeys(WINDOW_COLUMNS)
+        self._segments: list[dict[str, Any]] = []
+        self.paused_s = 0.0
+        self._open()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self._close(exc_type, exc, tb)
+        self.result = combine_segments(self._segments)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the work done inside out of every window figure (e.g. a checkpoint save between steps).
+
+        The window closes a segment (device synchronised, trackers stopped) and opens a new one afterwards; the
+        result combines the segments: times and energy add up, AMU and PCU are their time-weighted means, the
+        peak is the highest. `paused_s` accumulates the time left out.
+        """
+        assert self._stack is not None, "MeasurementWindow.paused() outside the window"
+        self._close(None, None, None)
+        t0 = self.clock()
+        try:
+            yield
+        finally:
+            self.paused_s += self.clock() - t0
+            self._open()
+
+    def _open(self) -> None:
         self.sync()  # work queued before the window must not land inside it
         with ExitStack() as stack:  # if one tracker fails to start, the ones already started stop
             for tracker in (self.peak, self.memory, self.utilization, self.energy):
                 stack.enter_context(tracker)
             self._stack = stack.pop_all()
         self._t0 = self.clock()
-        return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+    def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         assert self._stack is not None, "MeasurementWindow exited without being entered"
         try:
             if exc_type is None:
@@ -105,7 +131,7 @@ class MeasurementWindow:
         finally:
             stack, self._stack = self._stack, None
             stack.__exit__(exc_type, exc, tb)
-        self.result = self._collect(window_s)
+        self._segments.append(self._collect(window_s))
 
     def _collect(self, window_s: float) -> dict[str, Any]:
         peak_bytes, peak_source = self.peak.peak_bytes, self.peak.source
@@ -125,6 +151,37 @@ class MeasurementWindow:
             "window_s": window_s,
         }
         return result
+
+
+def _weighted(segments: list[dict[str, Any]], key: str) -> float | None:
+    values = [(s[key], s["window_s"]) for s in segments]
+    if any(v is None for v, _ in values):
+        return None
+    total = sum(w for _, w in values)
+    return sum(v * w for v, w in values) / total if total > 0 else values[0][0]
+
+
+def combine_segments(segments: list[dict[str, Any]]) -> dict[str, Any]:
+    """One window's columns from its segments (a window paused k times has k + 1): window_s and energy_j add up,
+    AMU / PCU are time-weighted means, the peak is the highest; one segment is returned as it is."""
+    if len(segments) == 1:
+        return segments[0]
+    first = segments[0]
+    window_s = sum(s["window_s"] for s in segments)
+    energies = [s["energy_j"] for s in segments]
+    energy_j = None if any(e is None for e in energies) else sum(energies)
+    peaks = [s["peak_mem_bytes"] for s in segments if s["peak_mem_bytes"] is not None]
+    return {
+        **first,
+        "amu_bytes": _weighted(segments, "amu_bytes"),
+        "amu_ratio": _weighted(segments, "amu_ratio"),
+        "pcu_ratio": _weighted(segments, "pcu_ratio"),
+        "peak_mem_bytes": max(peaks) if peaks else None,
+        "energy_j": energy_j,
+        "energy_source": first["energy_source"] if energy_j is not None else None,
+        "aec_w": aec_w(energy_j, window_s),
+        "window_s": window_s,
+    }
 
 
 def demo(seconds: float = 1.0) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES, copy_repo, run, write_params
+from conftest import TINY_OVERRIDES, copy_repo, curve_losses, run, write_params
 
 from efficientllm.records import read_row
 
@@ -111,15 +111,17 @@ def test_same_seed_same_quality_columns(repo, monkeypatch):
     """Determinism on CPU: two runs of one cell with the same seed agree exactly on every quality column."""
     from efficientllm.config import load_section, load_variant
     from efficientllm.pretrain import pretrain_cell
+    from efficientllm.records import CellId
 
     monkeypatch.chdir(repo)
     p = "params.yaml"
-    kw = dict(slug="mqa", base=load_section(p, "model"), recipe=load_variant(p, "mqa"), cfg=load_section(p, "pretrain"),
+    kw = dict(cell=CellId(axis="pretrain", stage="pretrain", cell="mqa"),
+              slug="mqa", base=load_section(p, "model"), recipe=load_variant(p, "mqa"), cfg=load_section(p, "pretrain"),
               measure=load_section(p, "measure"), data_dir=Path("data/prepared"), model_out=None)
     a, b = pretrain_cell(**kw), pretrain_cell(**kw)
     for col in ("quality_value", "eval_loss", "train_loss_final", "n_params", "seed"):
         assert a.row[col] == b.row[col], (col, a.row[col], b.row[col])
-    assert [r["loss"] for r in a.loss_curve] == [r["loss"] for r in b.loss_curve]
+    assert curve_losses(a) == curve_losses(b)
     assert a.row["seed"] == 1234 and a.row["run_id"] != b.row["run_id"]
     assert a.row["extra"]["seeds"] == {"pretrain": 1234, "prepare_split": 1234}  # rows record every seed
 

@@ -4,7 +4,7 @@ Every row carries what produced it, so numbers from different commits, library v
 machines are never silently compared. Cheap by design: versions come from installed package
 metadata (importing peft alone takes seconds), git is asked read-only, and nothing imports torch.
 
-    python -c "from efficientllm.measure.provenance import provenance; print(provenance())"
+    python -c "from efficientllm.provenance import provenance; print(provenance())"
 """
 
 from __future__ import annotations
