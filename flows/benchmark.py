@@ -360,12 +360,12 @@ def _dispatch_cell(cell: Cell, ctx: RunContext, log: Any, t0: float) -> State:
 
 
 def apply_profile(root: Path, name: str, size: str | None = None) -> Any:
-    """Write a profile (profiles/<name>.yaml, see efficientllm.profiles) into params.yaml, as the
+    """Write a profile (profiles/<name>.yaml, see efficientllm.pipeline.profiles) into params.yaml, as the
     `dvc exp run -S` that `efficientllm profile` runs would: the same `++section.key=value` overrides,
     applied by DVC's own writer (comments kept), after the merged params parse. DVC then sees what
     changed and re-runs exactly that. Returns the Profile (its `env` is for the stage commands)."""
     from dvc.utils.hydra import apply_overrides
-    from efficientllm.profiles import hydra_overrides, load_profile, merged_params
+    from efficientllm.pipeline.profiles import hydra_overrides, load_profile, merged_params
 
     from efficientllm.config import read_params
 

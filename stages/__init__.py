@@ -8,6 +8,7 @@ names a hub source and the user unsets them).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
@@ -23,6 +24,13 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 PARAMS_FILE = os.environ.get("EFFICIENTLLM_PARAMS", "params.yaml")
 """The params file stages read (DVC runs them from the repo root)."""
+
+
+def stage_parser(module: str, description: str | None) -> argparse.ArgumentParser:
+    """The command line every stage starts from (`--params`); a stage adds its own flags to it."""
+    ap = argparse.ArgumentParser(prog=module, description=description)
+    ap.add_argument("--params", default=PARAMS_FILE, help="params file (default: $EFFICIENTLLM_PARAMS or params.yaml)")
+    return ap
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:

@@ -8,20 +8,18 @@ never the tokenizer and the pretraining. No torch: it takes a second or two.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
 
-from stages import PARAMS_FILE, run
+from stages import run, stage_parser
 
 VAL_DOCS = Path("data/prepared/val_docs.jsonl")
 OUT_DIR = Path("data/cloze")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="stages.cloze", description=__doc__)
-    ap.add_argument("--params", default=PARAMS_FILE)
+    ap = stage_parser("stages.cloze", __doc__)
     args = ap.parse_args(argv)
 
     from efficientllm.config import load_section

@@ -22,11 +22,10 @@ its ranks and launches nothing. Checkpoint/resume works for one process and DDP,
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from stages import PARAMS_FILE, run
+from stages import run, stage_parser
 from stages.cells import CellRun, add_trial_argument, for_trial, run_cell, trial_name
 
 DATA_ROOT = Path("data/sft")
@@ -35,10 +34,9 @@ RESULT_ROOT = Path("results/finetune")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="stages.finetune", description=__doc__)
+    ap = stage_parser("stages.finetune", __doc__)
     ap.add_argument("--method", required=True, help="method slug (efficientllm.techniques.METHODS)")
     ap.add_argument("--dataset", required=True, help="dataset slug from sft.datasets")
-    ap.add_argument("--params", default=PARAMS_FILE)
     add_trial_argument(ap)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)

@@ -6,17 +6,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from stages import PARAMS_FILE, run
+from stages import run, stage_parser
 
 OUT_DIR = "data/prepared"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="stages.prepare", description=__doc__)
-    ap.add_argument("--params", default=PARAMS_FILE)
+    ap = stage_parser("stages.prepare", __doc__)
     args = ap.parse_args(argv)
 
     from efficientllm.config import load_section

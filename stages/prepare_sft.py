@@ -12,19 +12,17 @@ is expected) exit 2 with one line naming the file and line or index, and write n
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from stages import PARAMS_FILE, run
+from stages import run, stage_parser
 
 OUT_ROOT = Path("data/sft")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="stages.prepare_sft", description=__doc__)
+    ap = stage_parser("stages.prepare_sft", __doc__)
     ap.add_argument("--dataset", required=True, help="dataset slug from sft.datasets")
-    ap.add_argument("--params", default=PARAMS_FILE)
     args = ap.parse_args(argv)
 
     from efficientllm.config import ConfigError, load_section

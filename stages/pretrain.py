@@ -21,20 +21,18 @@ already (WORLD_SIZE set, e.g. a multi-node launch), the stage runs as one of its
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from stages import PARAMS_FILE, run
+from stages import run, stage_parser
 from stages.cells import CellRun, add_trial_argument, for_trial, run_cell, trial_name
 
 DATA_DIR = Path("data/prepared")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="stages.pretrain", description=__doc__)
+    ap = stage_parser("stages.pretrain", __doc__)
     ap.add_argument("--variant", required=True, help="recipe slug from the [variants] section")
-    ap.add_argument("--params", default=PARAMS_FILE)
     add_trial_argument(ap)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)

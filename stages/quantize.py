@@ -19,12 +19,11 @@ device cannot run is a `status='skipped'` row with the reason; a cell that fails
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from stages import PARAMS_FILE, run
+from stages import run, stage_parser
 from stages.cells import CellRun, add_trial_argument, for_trial, run_cell
 
 DATA_DIR = Path("data/prepared")
@@ -32,14 +31,13 @@ RESULTS_DIR = Path("results/quantize")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="stages.quantize", description=__doc__)
+    ap = stage_parser("stages.quantize", __doc__)
     ap.add_argument("--stage", required=True, help="the DVC stage name: quantize | quantize_sft | quantize_hub")
     ap.add_argument("--precision", required=True, help="precision slug (matrix.quantize)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model-dir", help="a save_pretrained directory made by an earlier stage (with --model)")
     src.add_argument("--hub-model", help="a slug of quantize_hub.models (hub id + revision)")
     ap.add_argument("--model", help="slug of the --model-dir model in cell names: base | sft")
-    ap.add_argument("--params", default=PARAMS_FILE)
     add_trial_argument(ap)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)

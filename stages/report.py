@@ -9,19 +9,17 @@ stage with an error naming it (exit 2) and leaves the previous reports/ in place
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from stages import PARAMS_FILE, run
+from stages import run, stage_parser
 
 RESULTS = Path("results")
 OUT_DIR = Path("reports")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="stages.report", description=__doc__)
-    ap.add_argument("--params", default=PARAMS_FILE)
+    ap = stage_parser("stages.report", __doc__)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
 

@@ -23,26 +23,15 @@ import pynvml
 import torch
 
 from ..records import atomic_write_text
-from .device import device_name, nvml_handle, resolve_device, synchronize
+from .device import NvmlGauge, device_name, nvml_handle, resolve_device, synchronize
 from .timing import Clock, GaugeSampler, time_weighted_mean
 
 
-class NvmlUtilizationSensor:
+class NvmlUtilizationSensor(NvmlGauge):
     """NVML GPU utilisation rate (percent of the last sample period with a kernel running), total 100."""
 
-    source = "nvml"
-
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-        self.errors = 0
-
-    def read(self) -> tuple[float, float] | None:
-        try:
-            rates = pynvml.nvmlDeviceGetUtilizationRates(self.handle)
-        except pynvml.NVMLError:
-            self.errors += 1
-            return None
-        return float(rates.gpu), 100.0
+    def _read(self) -> tuple[float, float]:
+        return float(pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu), 100.0
 
 
 class UtilizationTracker:

@@ -114,3 +114,24 @@ def nvml_handle(device: torch.device) -> Any | None:
         return pynvml.nvmlDeviceGetHandleByIndex(torch.cuda._get_nvml_device_index(index))
     except (AttributeError, AssertionError, RuntimeError, pynvml.NVMLError):
         return None
+
+
+class NvmlGauge:
+    """A gauge read from NVML for one device (`nvml_handle(device)`, not a CUDA index): a failed read
+    (pynvml.NVMLError) is counted in `errors` and skips that reading. Subclasses say what `_read` returns."""
+
+    source = "nvml"
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.errors = 0
+
+    def _read(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def read(self) -> tuple[float, float] | None:
+        try:
+            return self._read()
+        except pynvml.NVMLError:
+            self.errors += 1
+            return None

@@ -24,7 +24,7 @@ import psutil
 import pynvml
 import torch
 
-from .device import nvml_handle
+from .device import NvmlGauge, nvml_handle
 from .timing import Clock, Gauge, GaugeSampler, Point, time_weighted_mean
 
 
@@ -61,25 +61,15 @@ class RssSensor:
             return None
 
 
-class NvmlMemorySensor:
+class NvmlMemorySensor(NvmlGauge):
     """Memory used / total of one GPU as NVML reports it (all processes on the device, CUDA context included).
 
     Takes an NVML handle (`device.nvml_handle(device)`), not a CUDA index: the two numberings differ
     under CUDA_VISIBLE_DEVICES. A failed read (pynvml.NVMLError) skips that reading.
     """
 
-    source = "nvml"
-
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-        self.errors = 0
-
-    def read(self) -> tuple[float, float] | None:
-        try:
-            info = pynvml.nvmlDeviceGetMemoryInfo(self.handle)
-        except pynvml.NVMLError:
-            self.errors += 1
-            return None
+    def _read(self) -> tuple[float, float]:
+        info = pynvml.nvmlDeviceGetMemoryInfo(self.handle)
         return float(info.used), float(info.total)
 
 
