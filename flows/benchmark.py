@@ -365,9 +365,9 @@ def apply_profile(root: Path, name: str, size: str | None = None) -> Any:
     applied by DVC's own writer (comments kept), after the merged params parse. DVC then sees what
     changed and re-runs exactly that. Returns the Profile (its `env` is for the stage commands)."""
     from dvc.utils.hydra import apply_overrides
-    from efficientllm.pipeline.profiles import hydra_overrides, load_profile, merged_params
 
     from efficientllm.config import read_params
+    from efficientllm.pipeline.profiles import hydra_overrides, load_profile, merged_params
 
     profile = load_profile(name, root)
     overrides = profile.overrides(size)
