@@ -270,7 +270,9 @@ class FinetuneConfig(TrainingConfig):
     base_source: str | None = None
     """Where a local base_model's weights came from (e.g. `meta-llama/Llama-3.2-1B@<commit>`); copied into rows."""
     dtype: str = field(default="auto", metadata=_meta(choices=("auto", "float32", "bfloat16", "float16")))
-    """Weights dtype of the base (auto: bfloat16 on a CUDA device that supports it, else float32)."""
+    """Compute dtype of every method alike (auto: bfloat16 on a CUDA device that supports it, else float32). A
+    16-bit dtype holds the frozen weights at 16 bits and runs the forwards under autocast, while every trained
+    parameter stays float32 (master weights: small updates are not rounded away); float16 adds loss scaling."""
     batch_size: int = field(default=4, metadata=_meta(min=1))
     """Sequences per micro-batch, the same for every method (full fine-tuning included). Global: with
     nproc_per_node > 1 each process takes batch_size / nproc_per_node of every micro-batch."""
@@ -301,7 +303,11 @@ class FinetuneConfig(TrainingConfig):
     pissa_init: str = "pissa"
     """PiSSA initialisation: `pissa` (full SVD) or `pissa_niter_<n>` (fast randomised SVD with n iterations)."""
     freeze_trainable_blocks: int = field(default=1, metadata=_meta(min=0))
-    """freeze: how many of the last decoder blocks train (with the final norm and the LM head)."""
+    """freeze: how many of the last decoder blocks train (with the final norm, and the LM head when it is not tied
+    to the input embedding)."""
+    freeze_train_head: bool = False
+    """freeze: train the LM head even when it is the input embedding (tied). Off by default: a tied head trains
+    the embedding too, so the backward runs through every block and `freeze` is no longer a frozen stack."""
     qlora_quant_type: str = field(default="nf4", metadata=_meta(choices=("nf4", "fp4")))
     """QLoRA: 4-bit data type of the frozen base (bitsandbytes)."""
     qlora_double_quant: bool = True

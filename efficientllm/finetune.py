@@ -28,6 +28,7 @@ cell built it, adapter included).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -74,6 +75,7 @@ from efficientllm.techniques import (
     make_optimizer,
     unsupported_reason,
 )
+from efficientllm.techniques.peft_methods import trainable_modules
 from efficientllm.techniques.quantization import logical_numel, weight_bytes
 from efficientllm.training import (
     LoopResult,
@@ -141,6 +143,29 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16 else torch.float32
     return getattr(torch, spec)
+
+
+def mixed_precision(model: nn.Module, dtype: torch.dtype) -> dict[str, Any]:
+    """One precision policy for every method: trained parameters in float32 (master weights: a bf16 weight would
+    round small updates away), frozen floating-point weights at the compute `dtype` (QLoRA included: peft's
+    prepare_model_for_kbit_training upcasts the frozen embeddings, norms and head to float32, which LoRA's frozen
+    base is not; they go back), and every forward under `autocast(dtype)` when it is 16-bit. Returns the row's
+    description; the caller's forwards run in `precision_context(device, dtype)`."""
+    for p in model.parameters():
+        if not p.is_floating_point():  # bitsandbytes' packed 4-bit weights (uint8)
+            continue
+        want = torch.float32 if p.requires_grad else dtype
+        if p.dtype != want:
+            p.data = p.data.to(want)
+    name = str(dtype).removeprefix("torch.")
+    return {"master_weights": "float32", "frozen_dtype": name, "autocast": name if dtype != torch.float32 else None}
+
+
+def precision_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """autocast to `dtype` on `device` for a 16-bit compute dtype, else nothing (float32 forwards)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def load_base(cfg: FinetuneConfig, method: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -442,6 +467,7 @@ def _plain_model(model: nn.Module, dist: DistContext, cfg: FinetuneConfig, metho
     if not dist.is_main:
         return None
     plain = METHODS[method](load_base(cfg, method, torch.device("cpu"), dtype), cfg)
+    mixed_precision(plain, dtype)  # the layout a one-process run trains (the gathered state is float32)
     plain.load_state_dict(state)
     return plain.to(dist.device)
 
@@ -490,18 +516,24 @@ def build_model(method: str, cfg: FinetuneConfig, device: torch.device, dtype: t
 
 
 def sft_step(train_model: nn.Module, data: EncodedSFT, batches: list[list[int]], *, cfg: FinetuneConfig,
-             per_rank: int, pad_id: int, seq_len: int, dist: DistContext) -> Callable[[int], StepWork]:
-    """One optimizer step's forwards and backwards over its `cfg.grad_accum_steps` micro-batches (batch order:
-    `batches`, a list indexed by micro-step, so resuming needs no skipping)."""
+             per_rank: int, pad_id: int, seq_len: int, dist: DistContext, dtype: torch.dtype,
+             scaler: Any = None) -> Callable[[int], StepWork]:
+    """One optimizer step's forwards (under the compute dtype's autocast) and backwards (through `scaler`'s loss
+    scaling for float16) over its `cfg.grad_accum_steps` micro-batches (batch order: `batches`, a list indexed by
+    micro-step, so resuming needs no skipping). The step counts its response tokens (label != -100, the tokens
+    the loss is on) for throughput, and every padded position for FLOPs."""
     # Response tokens (shifted targets) of each record: a micro-batch's total weights the ranks' losses.
     targets = [sum(y != IGNORE_INDEX for y in lab[1:seq_len]) for lab in data.labels]
     device = dist.device
     samples = cfg.batch_size * cfg.grad_accum_steps
+    autocast = precision_context(device, dtype)
 
     def step_fn(step: int) -> StepWork:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on the device: one sync per step
+        response_tokens = 0
         for micro in range(cfg.grad_accum_steps):
             idx = batches[step * cfg.grad_accum_steps + micro]
+            response_tokens += sum(targets[i] for i in idx)  # the global micro-batch's
             kwargs = {"num_items_in_batch": sum(targets[i] for i in idx)} if dist.distributed else {}
             idx = idx[dist.rank * per_rank:(dist.rank + 1) * per_rank]  # this rank's share
             ids, lab = collate([data.input_ids[i] for i in idx], [data.labels[i] for i in idx], pad_id, seq_len,
@@ -509,12 +541,14 @@ def sft_step(train_model: nn.Module, data: EncodedSFT, batches: list[list[int]],
             # Right padding under a causal mask cannot change real positions, so no attention mask is passed and
             # the kernel takes its fast causal path; padding labels carry no loss.
             with gradient_sync(train_model, enabled=micro == cfg.grad_accum_steps - 1):
-                out = train_model(input_ids=ids, labels=lab, use_cache=False, **kwargs)
+                with autocast:
+                    out = train_model(input_ids=ids, labels=lab, use_cache=False, **kwargs)
                 loss = _rank_loss(out, dist.world_size)
-                (loss / cfg.grad_accum_steps).backward()
+                scaled = loss / cfg.grad_accum_steps
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             loss_sum += loss.detach().double()
         # the micro-batches' mean loss (the loop averages it over ranks)
-        return StepWork(loss=loss_sum / cfg.grad_accum_steps, tokens=samples * seq_len,
+        return StepWork(loss=loss_sum / cfg.grad_accum_steps, tokens=response_tokens,
                         computed_tokens=samples * seq_len)
 
     return step_fn
@@ -553,7 +587,8 @@ def run_facts(loop: LoopResult, cfg: FinetuneConfig, dist: DistContext, *, shard
         "samples_per_step": cfg.batch_size * cfg.grad_accum_steps,
         "grad_accum_steps": cfg.grad_accum_steps,
         "optimizer_steps": steps,
-        "window_tokens_padded": loop.computed_tokens,
+        "window_tokens": loop.tokens,  # response tokens (label != -100): what tokens_per_s / tokens_per_j count
+        "window_tokens_padded": loop.computed_tokens,  # every position the model ran: what MFU counts
         "gradient_checkpointing": cfg.gradient_checkpointing,
     }
 
@@ -612,13 +647,16 @@ def _train(model: nn.Module, train_model: nn.Module, data: SFTData, *, method: s
         key = dist.broadcast(_trajectory_key(method, dataset, sft, cfg, data_dir) if dist.is_main else None)
         checkpointer = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps, trainable_only=True)
     batches = batch_order(len(data.train.input_ids), cfg.batch_size, cfg.seed, steps * cfg.grad_accum_steps)
+    # float16 compute: loss scaling keeps small gradients from flushing to zero (bf16 has float32's range)
+    scaler = torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None
     step_fn = sft_step(train_model, data.train, batches, cfg=cfg, per_rank=per_rank, pad_id=pad_id,
-                       seq_len=sft.max_seq_len, dist=dist)
+                       seq_len=sft.max_seq_len, dist=dist, dtype=dtype, scaler=scaler)
     loop = train_measured(step_fn, section="finetune", model=model, optimizer=opt, scheduler=sched, steps=steps,
                           warmup_steps=min(cfg.measure_warmup_steps, steps - 1),
                           clip_params=[p for p in model.parameters() if p.requires_grad], grad_clip=cfg.grad_clip,
                           dist=dist, measure=measure, progress=("samples", samples_per_step),
-                          guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "finetune"), checkpointer=checkpointer)
+                          guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "finetune"), checkpointer=checkpointer,
+                          scaler=scaler)
     return loop, steps, peak, peak_total
 
 
@@ -648,6 +686,9 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
     # FSDP: the base loads on the host; wrap_model moves each block to the device as it shards it
     sharded = dist.distributed and cfg.parallelism == "fsdp"
     model, base_params = build_model(method, cfg, torch.device("cpu") if sharded else device, dtype)
+    # FSDP shards need one dtype per unit: everything stays float32 there and FSDP casts to `dtype` to compute
+    precision = mixed_precision(model, torch.float32 if sharded else dtype)
+    autocast = precision_context(device, dtype)
     counts = parameter_counts(model)
     flops = training_flops_per_token(model, seq_len)
     model_bytes = weight_bytes(model)["total"]  # as held: QLoRA's 4-bit absmax / code constants included
@@ -659,15 +700,18 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
 
     # DDP replica / FSDP shards (identity for one process); `model` stays the module itself (FSDP: sharded in
     # place) for evaluation, the optimizer and checkpoints, `train_model` runs the training forwards.
-    train_model = wrap_model(model, dist, cfg.parallelism, section="finetune")
-    eval_loss_initial = response_loss(model, data.evals, per_rank, pad_id, seq_len, device, dist=dist)
+    train_model = wrap_model(model, dist, cfg.parallelism, dtype if sharded and dtype != torch.float32 else None,
+                             section="finetune")
+    with autocast:
+        eval_loss_initial = response_loss(model, data.evals, per_rank, pad_id, seq_len, device, dist=dist)
     loop, steps, peak, peak_total = _train(model, train_model, data, method=method, dataset=dataset, sft=sft,
                                            cfg=cfg, measure=measure, dist=dist, dtype=dtype, data_dir=data_dir,
                                            checkpoint_dir=checkpoint_dir, pad_id=pad_id)
     warm = min(cfg.measure_warmup_steps, steps - 1)
     samples_per_step = cfg.batch_size * cfg.grad_accum_steps
 
-    eval_loss = response_loss(model, data.evals, per_rank, pad_id, seq_len, device, dist=dist)
+    with autocast:
+        eval_loss = response_loss(model, data.evals, per_rank, pad_id, seq_len, device, dist=dist)
     # The last collectives (FSDP's state-dict gather) come before rank 0's own work: the other ranks may then end
     # while rank 0 generates and saves, however long that takes, without a collective timing out.
     plain = _plain_model(model, dist, cfg, method, dtype)
@@ -675,8 +719,10 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
     saved: dict[str, Any] = {}
     if plain is not None:  # rank 0
         if cfg.gen_eval_examples:
-            em = exact_match(plain, tokenizer, data.eval_records[:cfg.gen_eval_examples], template=data.train.template,
-                             prompt_template=sft.prompt_template, max_new_tokens=cfg.max_new_tokens, device=device)
+            with autocast:
+                em = exact_match(plain, tokenizer, data.eval_records[:cfg.gen_eval_examples],
+                                 template=data.train.template, prompt_template=sft.prompt_template,
+                                 max_new_tokens=cfg.max_new_tokens, device=device)
         if out_dir is not None:
             saved = save_cell(plain, tokenizer, method, cfg, dtype, Path(out_dir), initial_adapter)
     initial_dir.cleanup()
@@ -697,6 +743,8 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
             **method_facts(method, cfg, counts, is_4bit),
             **data_facts(data, sft, em),
             **run_facts(loop, cfg, dist, sharded=is_sharded(model), steps=steps),
+            **precision,
+            "trainable_modules": trainable_modules(model),
             # every seed the row's numbers depend on: adapter init + dropout + batch order, and the SFT data split
             "seeds": {"finetune": cfg.seed, "sft_split": data.stats.get("seed", sft.seed)},
             "base_model": cfg.base_model,

@@ -158,7 +158,8 @@ SCHEMA: tuple[Column, ...] = (
     _c("tt_tokens_per_param_s", "DOUBLE", "training throughput: tokens / parameter / s (pretraining)"),
     _c("st_samples_per_param_s", "DOUBLE", "sample throughput: samples / parameter / s (fine-tuning)"),
     _c("it_tokens_per_s", "DOUBLE", "inference throughput: generated tokens / s"),
-    _c("tokens_per_s", "DOUBLE", "tokens processed per second in the window"),
+    _c("tokens_per_s", "DOUBLE", "tokens per second in the window: pretraining every token; fine-tuning the response "
+                                 "tokens (label != -100, padding and prompt excluded); inference prompt + generated"),
     _c("ttft_s_p50", "DOUBLE", "median time to first token, s"),
     _c("tpot_s_p50", "DOUBLE", "median time per output token (decode step), s"),
     _c("peak_mem_bytes", "DOUBLE", "peak memory in the window, bytes"),
@@ -167,7 +168,7 @@ SCHEMA: tuple[Column, ...] = (
     _c("aec_w", "DOUBLE", "average energy consumption: joules / seconds over the window, W"),
     _c("energy_j", "DOUBLE", "energy over the window, J"),
     _c("energy_source", "VARCHAR", "nvml | rapl | estimate"),
-    _c("tokens_per_j", "DOUBLE", "tokens per joule"),
+    _c("tokens_per_j", "DOUBLE", "tokens per joule, the same tokens as tokens_per_s"),
     _c("window_s", "DOUBLE", "length of the measured window, s"),
     _c("model_size_bytes", "DOUBLE", "bytes of the weights as held"),
     _c("mcr_nominal", "DOUBLE", "model compression rate from nominal bit widths x performance ratio"),

@@ -116,14 +116,16 @@ def train_measured(step_fn: Callable[[int], StepWork], *, section: str, model: t
                    optimizer: torch.optim.Optimizer, scheduler: Any, steps: int, warmup_steps: int,
                    clip_params: list[torch.nn.Parameter], grad_clip: float, dist: DistContext,
                    measure: MeasureConfig, progress: tuple[str, int], guard: CellGuard,
-                   checkpointer: Checkpointer | None = None) -> LoopResult:
+                   checkpointer: Checkpointer | None = None, scaler: Any = None) -> LoopResult:
     """Run optimizer steps 0..steps-1 (resuming after the last checkpoint of `checkpointer`), measuring the window.
 
     `step_fn(step)` runs the forward and backward of every micro-batch of step `step` (gradients accumulated, not
     applied); the loop clips `clip_params` to `grad_clip` (0: off), steps the optimizer and the scheduler, and
     checks the loss (TrainingDiverged on NaN/inf, the same on every rank), the time and the memory (`guard`).
     `progress` = (curve column, amount per step), e.g. ("tokens", batch x seq_len): the curve records the
-    cumulative count. Under several processes every rank calls this; rank 0 saves checkpoints.
+    cumulative count. `scaler` (a torch.amp.GradScaler, float16 compute): `step_fn` backpropagates scaled losses,
+    the loop unscales before clipping and lets the scaler skip steps whose gradients overflowed. Under several
+    processes every rank calls this; rank 0 saves checkpoints.
     """
     device = dist.device
     timer = StepTimer(sync=lambda: synchronize(device))
@@ -147,9 +149,15 @@ def train_measured(step_fn: Callable[[int], StepWork], *, section: str, model: t
                 stack.enter_context(window)
             with timer.step():
                 work = step_fn(step)
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
                 if grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(clip_params, grad_clip)
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 loss = dist.mean(work.loss)  # the global batch's loss, the same on every rank (so is the NaN check)

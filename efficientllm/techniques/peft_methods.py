@@ -109,11 +109,12 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 def apply_freeze(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
-    """Layer freezing: train only the last `freeze_trainable_blocks` decoder blocks, the final norm and the LM head;
-    everything below stays fixed. Trainable params = those modules' parameters (with tied embeddings the LM head
-    *is* the input embedding, so it trains too). Cuts optimizer memory like LoRA without adapters; the backward
-    stops at the lowest trainable block when embeddings are untied, so AL falls as well; eval loss usually
-    between LoRA's and full fine-tuning's."""
+    """Layer freezing: train only the last `freeze_trainable_blocks` decoder blocks and the final norm, plus the LM
+    head when it is its own matrix; everything below stays fixed. A head tied to the input embedding stays frozen
+    (unless `freeze_train_head`): training it would train the embedding, and the backward would run through every
+    block. Trainable params = those modules' parameters; cuts optimizer memory like LoRA without adapters; the
+    backward stops at the lowest trainable block, so AL falls as well; eval loss usually between LoRA's and full
+    fine-tuning's. `trainable_modules(model)` says what trained."""
     blocks = decoder_blocks(model)
     n = cfg.freeze_trainable_blocks
     if n > len(blocks):
@@ -127,11 +128,33 @@ def apply_freeze(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
         raise ValueError(f"{type(model).__name__}: no output embedding (LM head) to train")
-    trainable.append(head)
+    if cfg.freeze_train_head or not head_is_tied(model):
+        trainable.append(head)
     for module in trainable:
         for p in module.parameters():
             p.requires_grad_(True)
     return model
+
+
+def head_is_tied(model: nn.Module) -> bool:
+    """True when the LM head's weight is the input embedding's (one tensor)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return head is not None and emb is not None and head.weight is emb.weight
+
+
+def trainable_modules(model: nn.Module) -> list[str]:
+    """The modules that own trained parameters, collapsed to one name per decoder block (`...layers.3`) and per
+    other module (`lm_head`, `model.norm`, a shared tensor once): what a row says trained."""
+    import re
+
+    names: set[str] = set()
+    for name, p in model.named_parameters(remove_duplicate=True):
+        if p.requires_grad:
+            owner = name.rsplit(".", 1)[0]
+            m = re.match(r"(.*\.layers\.\d+)\.", owner + ".")
+            names.add(m.group(1) if m else owner)
+    return sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
 
 
 def apply_full(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
