@@ -112,3 +112,67 @@ def curve_losses(outcome) -> list[float]:
     import io
 
     return [float(r["loss"]) for r in csv.DictReader(io.StringIO(outcome.files["loss.csv"]))]
+
+
+# --- tiny EfficientLM decoders: the model tests' configs and bases -------------------------------------------------
+
+TINY_DECODER = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+"""The shape the model tests start from (each file adds its vocabulary and the keys it exercises)."""
+
+
+def tiny_decoder_config(**overrides):
+    """An EfficientLMConfig of TINY_DECODER with ``overrides`` on top; ids 0-2 are pad / bos / eos, as in
+    random_tokens."""
+    from efficientllm.models import EfficientLMConfig
+
+    return EfficientLMConfig(**{**TINY_DECODER, **overrides})
+
+
+def seeded_decoder(config, seed: int = 0):
+    """EfficientLMForCausalLM(config) in eval mode, its weights drawn after torch.manual_seed(seed)."""
+    from efficientllm.models import EfficientLMForCausalLM
+
+    torch.manual_seed(seed)
+    return EfficientLMForCausalLM(config).eval()
+
+
+def save_arith_base(path: str = "base") -> None:
+    """The finetune tests' base, saved to ``path`` with its tokenizer: a 400-token BPE trained on 64 arith examples
+    and a 2-layer, width-32 decoder with tied embeddings, weights from seed 0."""
+    from efficientllm.data import train_tokenizer
+    from efficientllm.data.arith import arith
+    from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM
+
+    texts = [r["instruction"] + " " + r["output"] for r in arith(n_examples=64, seed=0)]
+    tok = train_tokenizer(texts, 400)
+    torch.manual_seed(0)
+    config = EfficientLMConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                               pad_token_id=tok.pad_token_id)
+    EfficientLMForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def cached_logits(model, input_ids: torch.Tensor, splits: list[int]) -> torch.Tensor:
+    """The logits of ``input_ids`` fed through the KV cache in chunks cut at the positions ``splits`` (a prefill, then
+    the rest), concatenated over positions: a cache that works gives the logits of one full forward."""
+    out, steps = None, []
+    with torch.no_grad():
+        for chunk in input_ids.tensor_split(splits, dim=1):
+            out = model(chunk, past_key_values=None if out is None else out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+    return torch.cat(steps, dim=1)
+
+
+def check_left_padding(model, short: torch.Tensor, long: torch.Tensor, new_tokens: int = 8) -> None:
+    """Assert that greedy decoding of the batch [``short`` left-padded to the length of ``long`` ; ``long``], with its
+    attention mask, gives each row what decoding it alone gives."""
+    pad = long.shape[1] - short.shape[1]
+    batch = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), short], dim=1), long])
+    mask = torch.ones_like(batch)
+    mask[0, :pad] = 0
+    together = greedy(model, batch, attention_mask=mask, new_tokens=new_tokens)
+    assert torch.equal(together[0:1], greedy(model, short, new_tokens=new_tokens))
+    assert torch.equal(together[1:2], greedy(model, long, new_tokens=new_tokens))

@@ -13,7 +13,7 @@ import functools
 
 import pytest
 import torch
-from conftest import greedy, random_tokens
+from conftest import cached_logits, check_left_padding, greedy, random_tokens, seeded_decoder, tiny_decoder_config
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, DynamicCache
 from transformers.models.deepseek_v3.configuration_deepseek_v3 import DeepseekV3Config
@@ -21,7 +21,7 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Atten
 
 from efficientllm.models import (
     POSITIONAL,
-    EfficientLMConfig,
+    AttentionInputs,
     EfficientLMForCausalLM,
     MultiHeadLatentAttention,
     NativeSparseAttention,
@@ -46,26 +46,11 @@ NSA = dict(
 VARIANTS = {"mla": MLA, "mla-qlora": {**MLA, "q_lora_rank": 12}, "nsa": NSA}
 
 
-def tiny_config(**overrides) -> EfficientLMConfig:
-    kwargs = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    kwargs.update(overrides)
-    return EfficientLMConfig(**kwargs)
+tiny_config = functools.partial(tiny_decoder_config, vocab_size=VOCAB)
 
 
 def tiny_model(variant: str, seed: int = 0, **overrides) -> EfficientLMForCausalLM:
-    torch.manual_seed(seed)
-    return EfficientLMForCausalLM(tiny_config(**{**VARIANTS[variant], **overrides})).eval()
+    return seeded_decoder(tiny_config(**{**VARIANTS[variant], **overrides}), seed)
 
 
 def causal_mask(q_len: int, k_len: int) -> torch.Tensor:
@@ -128,7 +113,7 @@ def test_mla_matches_deepseek_v3_attention(q_lora_rank: int | None, interleave: 
     ours_cache, their_cache = DynamicCache(), DynamicCache()
     with torch.no_grad():
         pos = torch.arange(11)[None]
-        got = ours(prompt, positional=rope, position_ids=pos, mask=None, past_key_values=ours_cache)
+        got = ours(prompt, AttentionInputs(rope, pos, mask=None), past_key_values=ours_cache)
         want = theirs(prompt, rotary(prompt, pos), causal_mask(11, 11), past_key_values=their_cache)[0]
         torch.testing.assert_close(got, want)
         # the caches hold the same latent and rope key, and the decode step (our absorbed path) matches
@@ -137,7 +122,7 @@ def test_mla_matches_deepseek_v3_attention(q_lora_rank: int | None, interleave: 
         assert MultiHeadLatentAttention._absorbed_is_cheaper(config, 1, 12)
         pos = torch.tensor([[11]])
         # (mask None means causal with Tq == Tk in the kernel contract; the model passes an explicit one here)
-        got = ours(step, positional=rope, position_ids=pos, mask=causal_mask(1, 12), past_key_values=ours_cache)
+        got = ours(step, AttentionInputs(rope, pos, mask=causal_mask(1, 12)), past_key_values=ours_cache)
         want = theirs(step, rotary(step, pos), None, past_key_values=their_cache)[0]
         torch.testing.assert_close(got, want)
 
@@ -149,8 +134,8 @@ def test_mla_absorbed_path_equals_expanded_path() -> None:
     B, H, T = 2, 4, 9
     q_nope, q_rope = torch.randn(B, H, T, 12), torch.randn(B, H, T, 8)
     latent, k_rope = torch.randn(B, 1, T, 24), torch.randn(B, 1, T, 8)
-    expanded = mla._attend_expanded(q_nope, q_rope, latent, k_rope, None)
-    absorbed = mla._attend_absorbed(q_nope, q_rope, latent, k_rope, None)
+    expanded = mla._attend_latents(q_nope, q_rope, latent, k_rope, None, absorbed=False)
+    absorbed = mla._attend_latents(q_nope, q_rope, latent, k_rope, None, absorbed=True)
     assert expanded.shape == absorbed.shape == (B, H, T, 10)
     torch.testing.assert_close(absorbed, expanded)
     assert not MultiHeadLatentAttention._absorbed_is_cheaper(config, T, T)  # training / prefill expands
@@ -170,20 +155,14 @@ def test_mla_without_rotation_equals_rope_at_position_zero(monkeypatch) -> None:
     rope = POSITIONAL["rope"](with_rope.config)
     none = PositionalEncoding(without.config)
     torch.testing.assert_close(
-        without(x, positional=none, position_ids=torch.arange(7)[None], mask=None),
-        with_rope(x, positional=rope, position_ids=zeros, mask=None),
+        without(x, AttentionInputs(none, torch.arange(7)[None], mask=None)),
+        with_rope(x, AttentionInputs(rope, zeros, mask=None)),
     )
 
 
 def test_mla_left_padded_batch_generate_matches_single() -> None:
     model = tiny_model("mla", initializer_range=0.2)
-    short, long = tokens(1, 4, seed=2), tokens(1, 7, seed=3)
-    batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1), long])
-    mask = torch.ones_like(batch)
-    mask[0, :3] = 0
-    together = greedy(model, batch, attention_mask=mask)
-    assert torch.equal(together[0:1], greedy(model, short))
-    assert torch.equal(together[1:2], greedy(model, long))
+    check_left_padding(model, tokens(1, 4, seed=2), tokens(1, 7, seed=3))
 
 
 # --- NSA against naive references -------------------------------------------------------------------------------------
@@ -215,9 +194,8 @@ def test_nsa_selection_of_every_block_and_full_window_equal_full_causal_attentio
     nsa = NativeSparseAttention(config, layer_idx=0)
     x = torch.randn(2, 45, 64)  # not a multiple of any block size
     with torch.no_grad():
-        _, selected, window = nsa.branch_outputs(
-            x, positional=POSITIONAL["rope"](config), position_ids=torch.arange(45)[None], mask=None
-        )
+        inputs = AttentionInputs(POSITIONAL["rope"](config), torch.arange(45)[None], mask=None)
+        _, selected, window = nsa.branch_outputs(x, inputs)
         q, _, _, k, v = nsa_inputs(nsa, x)
         reference = dense_causal_attention(q, k, v)
     torch.testing.assert_close(selected, reference)
@@ -238,7 +216,7 @@ def test_nsa_branches_match_a_per_query_loop() -> None:
     scale = D**-0.5
     with torch.no_grad():
         got_cmp, got_slc, got_win = nsa.branch_outputs(
-            x, positional=POSITIONAL["rope"](config), position_ids=torch.arange(T)[None], mask=None
+            x, AttentionInputs(POSITIONAL["rope"](config), torch.arange(T)[None], mask=None)
         )
         q, k, v, _, _ = nsa_inputs(nsa, x)
         n_cmp = (T - lc) // d + 1
@@ -296,12 +274,7 @@ def test_cached_decode_matches_full_forward(variant: str) -> None:
     x = tokens(2, 40)
     with torch.no_grad():
         full = model(x, use_cache=False).logits
-        out = model(x[:, :21], use_cache=True)
-        steps = [out.logits]
-        for start, stop in [(21, 24), *((t, t + 1) for t in range(24, 40))]:
-            out = model(x[:, start:stop], past_key_values=out.past_key_values, use_cache=True)
-            steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cached_logits(model, x, [21, *range(24, 40)]), full, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

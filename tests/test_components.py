@@ -13,10 +13,10 @@ import math
 
 import pytest
 import torch
-from conftest import greedy, random_tokens
+from conftest import cached_logits, check_left_padding, greedy, random_tokens, seeded_decoder, tiny_decoder_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from efficientllm.models import POSITIONAL, EfficientLMConfig, EfficientLMForCausalLM, count_parameters, flops_per_token
+from efficientllm.models import POSITIONAL, EfficientLMForCausalLM, count_parameters, flops_per_token
 from efficientllm.models.moe import Expert, MixtureOfExperts, expert_load_summary, reset_expert_load
 from efficientllm.models.positional import relative_position_bucket
 
@@ -26,30 +26,20 @@ greedy = functools.partial(greedy, new_tokens=6)
 C = 32  # hidden size of the tiny models
 
 
-def tiny_config(**overrides) -> EfficientLMConfig:
-    kwargs = dict(
-        vocab_size=VOCAB,
-        hidden_size=C,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        relative_num_buckets=8,
-        relative_max_distance=32,
-        num_experts=4,
-        num_experts_per_tok=2,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    kwargs.update(overrides)
-    return EfficientLMConfig(**kwargs)
+tiny_config = functools.partial(
+    tiny_decoder_config,
+    vocab_size=VOCAB,
+    hidden_size=C,
+    intermediate_size=48,
+    relative_num_buckets=8,
+    relative_max_distance=32,
+    num_experts=4,
+    num_experts_per_tok=2,
+)
 
 
 def tiny_model(seed: int = 0, **overrides) -> EfficientLMForCausalLM:
-    torch.manual_seed(seed)
-    return EfficientLMForCausalLM(tiny_config(**overrides)).eval()
+    return seeded_decoder(tiny_config(**overrides), seed)
 
 
 VARIANTS = [
@@ -71,12 +61,7 @@ def test_cached_decode_matches_full_forward(overrides: dict) -> None:
     x = tokens(2, 10)
     with torch.no_grad():
         full = model(x, use_cache=False).logits
-        out = model(x[:, :7], use_cache=True)
-        steps = [out.logits]
-        for t in range(7, 10):
-            out = model(x[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
-            steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full)
+    torch.testing.assert_close(cached_logits(model, x, [7, 8, 9]), full)
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=VARIANT_IDS)
@@ -84,12 +69,7 @@ def test_generate_with_cache_and_left_padding(overrides: dict) -> None:
     model = tiny_model(initializer_range=0.2, **overrides)  # peaked logits: no near-ties for greedy to flip on
     short, long = tokens(1, 4, seed=2), tokens(1, 7, seed=3)
     assert torch.equal(greedy(model, long, use_cache=True), greedy(model, long, use_cache=False))
-    batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1), long])  # left-pad "short"
-    mask = torch.ones_like(batch)
-    mask[0, :3] = 0
-    together = greedy(model, batch, attention_mask=mask)
-    assert torch.equal(together[0:1], greedy(model, short))
-    assert torch.equal(together[1:2], greedy(model, long))
+    check_left_padding(model, short, long, new_tokens=6)
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=VARIANT_IDS)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, curve_losses, env
+from conftest import REPO, curve_losses, env, save_arith_base
 
 from efficientllm.config import load_section
 from efficientllm.records import CellId
@@ -51,10 +51,7 @@ def _params(root: Path, name: str, **finetune) -> str:
 def ft(tmp_path_factory):
     """A working directory with a tiny saved base, prepared arith data and, per entry of RUNS, a params file and the
     single-process reference run (in-process, its adapter / merged model under ref/<name>/)."""
-    from efficientllm.data import train_tokenizer
-    from efficientllm.data.arith import arith
     from efficientllm.finetune import finetune_cell
-    from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM
 
     root = tmp_path_factory.mktemp("ftdist")
     refs = {}
@@ -66,15 +63,7 @@ def ft(tmp_path_factory):
         mp.syspath_prepend(str(REPO))
         from stages import prepare_sft
 
-        texts = [r["instruction"] + " " + r["output"] for r in arith(n_examples=64, seed=0)]
-        tok = train_tokenizer(texts, 400)
-        torch.manual_seed(0)
-        config = EfficientLMConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
-                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                   pad_token_id=tok.pad_token_id)
-        EfficientLMForCausalLM(config).save_pretrained("base")
-        tok.save_pretrained("base")
+        save_arith_base("base")
         assert prepare_sft.main(["--dataset", "arith", "--params", _params(root, "prep")]) == 0
         for name, (method, overrides) in RUNS.items():
             params = _params(root, name, nproc_per_node=2, **overrides)

@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from conftest import BIN, run, write_params
+from conftest import BIN, run, save_arith_base, write_params
 
 from efficientllm.records import COLUMNS
 
@@ -26,21 +25,10 @@ def stage_dir(tmp_path, monkeypatch) -> Path:
     # Importing `stages` sets these with setdefault; setting them here first keeps them out of later tests' env.
     for key, value in STAGE_ENV.items():
         monkeypatch.setenv(key, value)
-    from efficientllm.data import train_tokenizer
-    from efficientllm.data.arith import arith
-    from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM
     from stages import prepare_sft
 
     monkeypatch.chdir(tmp_path)
-    texts = [r["instruction"] + " " + r["output"] for r in arith(n_examples=64, seed=0)]
-    tok = train_tokenizer(texts, 400)
-    torch.manual_seed(0)
-    config = EfficientLMConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
-                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                               pad_token_id=tok.pad_token_id)
-    EfficientLMForCausalLM(config).save_pretrained("base")
-    tok.save_pretrained("base")
+    save_arith_base("base")
     params = {
         "sft": {"datasets": {"arith": {"source": "arith", "n_examples": 40}}, "max_eval_examples": 4},
         "finetune": {"base_model": "base", **TINY_FINETUNE},

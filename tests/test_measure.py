@@ -50,6 +50,26 @@ class FakeGauge:
         return next(self._readings)
 
 
+class SignallingGauge:
+    """Reading n is (n, 10.0). From read ``signal_at`` on it sets ``signalled`` (a test waits on it for the sampler
+    thread, instead of sleeping); given an ``error``, it raises that at read ``signal_at``."""
+
+    source = "signalling"
+
+    def __init__(self, signal_at: int, error: Exception | None = None) -> None:
+        self.reads = 0
+        self.signal_at, self.error = signal_at, error
+        self.signalled = threading.Event()
+
+    def read(self) -> tuple[float, float]:
+        self.reads += 1
+        if self.reads >= self.signal_at:
+            self.signalled.set()
+        if self.error is not None and self.reads == self.signal_at:
+            raise self.error
+        return float(self.reads), 10.0
+
+
 # --- timing -------------------------------------------------------------------------------------
 
 
@@ -109,44 +129,20 @@ def test_time_weighted_mean_trapezoid():
 
 
 def test_gauge_sampler_thread_samples_and_stops():
-    third_read = threading.Event()
-
-    class CountingGauge:
-        source = "count"
-        reads = 0
-
-        def read(self):
-            self.reads += 1
-            if self.reads >= 3:
-                third_read.set()
-            return float(self.reads), 10.0
-
-    gauge = CountingGauge()
+    gauge = SignallingGauge(signal_at=3)
     sampler = timing.GaugeSampler([gauge], interval_s=0.001)
     with sampler:
-        assert third_read.wait(timeout=10), "sampler thread never sampled"
+        assert gauge.signalled.wait(timeout=10), "sampler thread never sampled"
     assert sampler._thread is None
     values = [p[1] for p in sampler.series[0]]
     assert len(values) >= 4 and values == sorted(values)  # enter + >= 2 thread reads + exit
 
 
 def test_gauge_sampler_reraises_a_thread_failure_at_exit():
-    failed = threading.Event()
-
-    class BrokenGauge:
-        source = "broken"
-        reads = 0
-
-        def read(self):
-            self.reads += 1
-            if self.reads == 2:  # the thread's first reading
-                failed.set()
-                raise KeyError("sensor bug")
-            return 1.0, 1.0
-
-    sampler = timing.GaugeSampler([BrokenGauge()], interval_s=0.001)
+    gauge = SignallingGauge(signal_at=2, error=KeyError("sensor bug"))  # read 2: the thread's first reading
+    sampler = timing.GaugeSampler([gauge], interval_s=0.001)
     with pytest.raises(RuntimeError, match="sensor bug"), sampler:
-        assert failed.wait(timeout=10)
+        assert gauge.signalled.wait(timeout=10)
 
 
 # --- memory -------------------------------------------------------------------------------------

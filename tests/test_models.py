@@ -12,7 +12,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import greedy, random_tokens
+from conftest import cached_logits, check_left_padding, greedy, random_tokens, seeded_decoder, tiny_decoder_config
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -34,27 +34,11 @@ VOCAB = 211
 tokens = functools.partial(random_tokens, VOCAB)  # tokens(batch, seq, seed=1)
 
 
-def tiny_config(**overrides) -> EfficientLMConfig:
-    kwargs = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        rope_theta=10000.0,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    kwargs.update(overrides)
-    return EfficientLMConfig(**kwargs)
+tiny_config = functools.partial(tiny_decoder_config, vocab_size=VOCAB, max_position_embeddings=128)
 
 
 def tiny_model(seed: int = 0, **overrides) -> EfficientLMForCausalLM:
-    torch.manual_seed(seed)
-    return EfficientLMForCausalLM(tiny_config(**overrides)).eval()
+    return seeded_decoder(tiny_config(**overrides), seed)
 
 
 def llama_twin(model: EfficientLMForCausalLM) -> LlamaForCausalLM:
@@ -196,13 +180,7 @@ def test_generate_with_cache_equals_without() -> None:
 @pytest.mark.parametrize("kernel", sorted(ATTENTION_KERNELS))
 def test_left_padded_batch_generate_matches_single(kernel: str) -> None:
     model = tiny_model(initializer_range=0.2, attn_kernel=kernel)
-    short, long = tokens(1, 4, seed=2), tokens(1, 7, seed=3)
-    batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1), long])  # left-pad "short"
-    mask = torch.ones_like(batch)
-    mask[0, :3] = 0
-    together = greedy(model, batch, attention_mask=mask)
-    assert torch.equal(together[0:1], greedy(model, short))
-    assert torch.equal(together[1:2], greedy(model, long))
+    check_left_padding(model, tokens(1, 4, seed=2), tokens(1, 7, seed=3))
 
 
 def test_cached_decode_matches_full_forward() -> None:
@@ -211,12 +189,7 @@ def test_cached_decode_matches_full_forward() -> None:
     x = tokens(2, 10)
     with torch.no_grad():
         full = model(x, use_cache=False).logits
-        out = model(x[:, :7], use_cache=True)
-        steps = [out.logits]
-        for t in range(7, 10):
-            out = model(x[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
-            steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full)
+    torch.testing.assert_close(cached_logits(model, x, [7, 8, 9]), full)
 
 
 # --- accounting -----------------------------------------------------------------------------------------------------

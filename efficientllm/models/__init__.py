@@ -9,7 +9,13 @@ Importing this package registers model_type "efficientlm", so afterwards
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from efficientllm.models.accounting import count_parameters, flops_per_token, kv_cache_bytes_per_token
-from efficientllm.models.attention import ATTENTION, ATTENTION_KERNELS, Attention, GroupedQueryAttention
+from efficientllm.models.attention import (
+    ATTENTION,
+    ATTENTION_KERNELS,
+    Attention,
+    AttentionInputs,
+    GroupedQueryAttention,
+)
 from efficientllm.models.configuration import EfficientLMConfig
 from efficientllm.models.mla import MultiHeadLatentAttention
 from efficientllm.models.mlp import MLP, FeedForward, SwiGLU
@@ -41,6 +47,7 @@ __all__ = [
     "MLP",
     "POSITIONAL",
     "Attention",
+    "AttentionInputs",
     "DecoderBlock",
     "EfficientLMCausalLMOutput",
     "EfficientLMConfig",

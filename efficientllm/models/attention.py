@@ -2,11 +2,14 @@
 
 An attention class takes the normed hidden states of one block and returns its update:
 
-    forward(hidden (B, T, C), *, positional, position_ids, mask, past_key_values) -> (B, T, C)
+    forward(hidden (B, T, C), inputs: AttentionInputs, past_key_values: Cache | None) -> (B, T, C)
 
-It owns everything between: its projections, calling ``positional.rotate`` on q and k, writing its own state into
-the transformers ``Cache`` (``past_key_values.update(..., self.layer_idx)``; MLA caches its latent there instead
-of K and V), and the score kernel. Two class methods let accounting.py reason about it from the config alone:
+``AttentionInputs`` is what the model computes once per forward and hands to every layer: its positional encoding,
+the position ids and the additive mask. A variant implements ``attend``, everything up to the per-head outputs
+(B, H, T, Dv): its projections, calling ``inputs.positional.rotate`` on q and k, writing its own state into the
+transformers ``Cache`` (``past_key_values.update(..., self.layer_idx)``; MLA caches its latent there instead of K and
+V), and the score kernel; the base ``forward`` merges the heads through the variant's ``o_proj`` (H * Dv -> C).
+Two class methods let accounting.py reason about it from the config alone:
 ``kv_cache_bytes_per_token`` (what one layer caches per token) and ``flops_per_token`` (its forward matmul FLOPs).
 
 Kernels are a second, smaller seam (``ATTENTION_KERNELS``, picked by ``config.attn_kernel`` at call time): "sdpa" is
@@ -19,11 +22,14 @@ Kernels are a second, smaller seam (``ATTENTION_KERNELS``, picked by ``config.at
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from efficientllm.models.component import Component
 
 if TYPE_CHECKING:
     from transformers import Cache
@@ -79,17 +85,25 @@ ATTENTION_KERNELS: dict[str, AttentionKernel] = {
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class Attention(nn.Module):
-    """Base class: the contract every attention variant implements (see the module docstring)."""
+@dataclass(frozen=True)
+class AttentionInputs:
+    """What one forward pass hands every attention layer besides its hidden states and the cache (built once)."""
+
+    positional: PositionalEncoding
+    """The model's positional encoding; attention calls its ``rotate`` on q and k."""
+    position_ids: torch.Tensor
+    """(B|1, T) positions of the new tokens."""
+    mask: torch.Tensor | None
+    """Additive (B|1, 1|H, Tq, Tk) mask (causal, padding, positional bias), or None: plain causal with Tq == Tk."""
+
+
+class Attention(Component):
+    """Base class: the contract every attention variant implements (see the module docstring). A variant defines
+    ``attend`` and an ``o_proj`` (H * Dv -> C); ``forward`` is theirs in common."""
 
     def __init__(self, config: EfficientLMConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.layer_idx = layer_idx  # which slot of the shared Cache this layer reads and writes
-
-    @classmethod
-    def validate_config(cls, config: EfficientLMConfig) -> None:
-        """Raise ValueError, naming the key, if ``config`` cannot build this attention."""
 
     @classmethod
     def kv_cache_bytes_per_token(cls, config: EfficientLMConfig, bytes_per_element: float) -> float:
@@ -101,19 +115,16 @@ class Attention(nn.Module):
         """Forward matmul FLOPs of ONE layer per token at context length ``seq_len`` (projections + scores)."""
         raise NotImplementedError
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        *,
-        positional: PositionalEncoding,
-        position_ids: torch.Tensor,
-        mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
+    def attend(self, hidden: torch.Tensor, inputs: AttentionInputs, past_key_values: Cache | None) -> torch.Tensor:
+        """The per-head attention outputs (B, H, T, Dv) of the new tokens, before the output projection."""
         raise NotImplementedError
 
-    def reset_extra_parameters(self, std: float) -> None:
-        """(Re)initialise what the generic Linear / Embedding / norm init does not cover."""
+    def forward(
+        self, hidden: torch.Tensor, inputs: AttentionInputs, past_key_values: Cache | None = None
+    ) -> torch.Tensor:
+        B, T, _ = hidden.shape
+        y = self.attend(hidden, inputs, past_key_values)  # (B, H, T, Dv)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
 
 
 class GroupedQueryAttention(Attention):
@@ -145,25 +156,24 @@ class GroupedQueryAttention(Attention):
         scores_and_values = 2 * 2 * seq_len * H * D  # QK^T and PV over the full T x T grid, as kernels compute it
         return float(projections + scores_and_values)
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        *,
-        positional: PositionalEncoding,
-        position_ids: torch.Tensor,
-        mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
+    def project_qkv(
+        self, hidden: torch.Tensor, inputs: AttentionInputs, past_key_values: Cache | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, T, D) and k, v (B, Hkv, Tk, D), q and k rotated. With a cache, k and v are the cached keys and
+        values followed by the new ones (Tk = past + T); without one, Tk = T."""
         B, T, _ = hidden.shape
         q = self.q_proj(hidden).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(hidden).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(hidden).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        q, k = positional.rotate(q, k, position_ids)
+        q, k = inputs.positional.rotate(q, k, inputs.position_ids)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)  # (B, Hkv, past + T, D)
+        return q, k, v
+
+    def attend(self, hidden: torch.Tensor, inputs: AttentionInputs, past_key_values: Cache | None) -> torch.Tensor:
+        q, k, v = self.project_qkv(hidden, inputs, past_key_values)
         kernel = ATTENTION_KERNELS[self.config.attn_kernel]  # looked up per call: switchable on a built model
-        y = kernel(q, k, v, mask, self.scale)  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
+        return kernel(q, k, v, inputs.mask, self.scale)  # (B, H, T, D)
 
 
 ATTENTION: dict[str, type[Attention]] = {

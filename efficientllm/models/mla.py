@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from efficientllm.models.attention import ATTENTION_KERNELS, Attention
+from efficientllm.models.attention import ATTENTION_KERNELS, Attention, AttentionInputs
 from efficientllm.models.modeling import RMSNorm
 from efficientllm.models.positional import POSITIONAL, PositionalEncoding, RotaryPositional
 
@@ -155,21 +155,14 @@ class MultiHeadLatentAttention(Attention):
     # --- forward --------------------------------------------------------------------------------------------------
 
     def _rotate(
-        self, positional: PositionalEncoding, q_rope: torch.Tensor, k_rope: torch.Tensor, position_ids: torch.Tensor
+        self, inputs: AttentionInputs, q_rope: torch.Tensor, k_rope: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.rope is not None:
-            return self.rope.rotate(q_rope, k_rope, position_ids)
-        return positional.rotate(q_rope, k_rope, position_ids)  # identity for every encoding validate_config allows
+            return self.rope.rotate(q_rope, k_rope, inputs.position_ids)
+        # identity for every encoding validate_config allows
+        return inputs.positional.rotate(q_rope, k_rope, inputs.position_ids)
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        *,
-        positional: PositionalEncoding,
-        position_ids: torch.Tensor,
-        mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
+    def attend(self, hidden: torch.Tensor, inputs: AttentionInputs, past_key_values: Cache | None) -> torch.Tensor:
         B, T, _ = hidden.shape
         H, r, dr, nope = self.num_heads, self.kv_lora_rank, self.rope_dim, self.nope_dim
         if self.config.q_lora_rank is None:
@@ -182,51 +175,42 @@ class MultiHeadLatentAttention(Attention):
         latent, k_rope = self.kv_a_proj_with_mqa(hidden).split([r, dr], dim=-1)  # (B, T, r), (B, T, dr)
         latent = self.kv_a_layernorm(latent).view(B, 1, T, r)  # one "kv head", as the cache expects 4-D tensors
         k_rope = k_rope.view(B, 1, T, dr)
-        q_rope, k_rope = self._rotate(positional, q_rope, k_rope, position_ids)
+        q_rope, k_rope = self._rotate(inputs, q_rope, k_rope)
         if past_key_values is not None:
             latent, k_rope = past_key_values.update(latent, k_rope, self.layer_idx)  # (B, 1, Tk, r), (B, 1, Tk, dr)
 
-        if self._absorbed_is_cheaper(self.config, T, latent.shape[2]):
-            y = self._attend_absorbed(q_nope, q_rope, latent, k_rope, mask)
-        else:
-            y = self._attend_expanded(q_nope, q_rope, latent, k_rope, mask)  # (B, H, T, v)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
+        absorbed = self._absorbed_is_cheaper(self.config, T, latent.shape[2])
+        return self._attend_latents(q_nope, q_rope, latent, k_rope, inputs.mask, absorbed=absorbed)  # (B, H, T, v)
 
-    def _attend_expanded(
+    def _attend_latents(
         self,
         q_nope: torch.Tensor,
         q_rope: torch.Tensor,
         latent: torch.Tensor,
         k_rope: torch.Tensor,
         mask: torch.Tensor | None,
+        *,
+        absorbed: bool,
     ) -> torch.Tensor:
-        """Up-project every key's latent, then H-head attention. Returns (B, H, T, v)."""
+        """Attention of the queries over the cached latents and rope keys, (B, H, T, v), computed one of two ways.
+
+        expanded: up-project every key's latent to per-head k_nope and v, then H-head attention.
+        absorbed (DeepSeek-V2 section 2.1.3): q_nope . (W_uk_h c) = (W_uk_h^T q_nope) . c, and
+        sum_j p_j (W_uv_h c_j) = W_uv_h (sum_j p_j c_j): both up-projections move to the query side, so the keys are
+        [c ; k_rope] and the values c, shared by all heads.
+        """
+        kernel = ATTENTION_KERNELS[self.config.attn_kernel]
+        if absorbed:
+            w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
+            w_uk, w_uv = w.split([self.nope_dim, self.v_dim], dim=1)  # (H, nope, r), (H, v, r)
+            q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (B, H, T, r)
+            q = torch.cat((q_lat, q_rope), dim=-1)  # (B, H, T, r + dr)
+            k = torch.cat((latent, k_rope), dim=-1)  # (B, 1, Tk, r + dr): multi-query attention with one kv head
+            y_lat = kernel(q, k, latent, mask, self.scale)  # (B, H, T, r)
+            return torch.einsum("bhtr,hvr->bhtv", y_lat, w_uv)  # (B, H, T, v)
         B, _, Tk, _ = latent.shape
         kv = self.kv_b_proj(latent[:, 0]).view(B, Tk, self.num_heads, -1).transpose(1, 2)  # (B, H, Tk, nope + v)
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
         q = torch.cat((q_nope, q_rope), dim=-1)  # (B, H, T, nope + dr)
         k = torch.cat((k_nope, k_rope.expand(-1, self.num_heads, -1, -1)), dim=-1)  # (B, H, Tk, nope + dr)
-        kernel = ATTENTION_KERNELS[self.config.attn_kernel]
         return kernel(q, k, v, mask, self.scale)
-
-    def _attend_absorbed(
-        self,
-        q_nope: torch.Tensor,
-        q_rope: torch.Tensor,
-        latent: torch.Tensor,
-        k_rope: torch.Tensor,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Attention on the cached latents (DeepSeek-V2 section 2.1.3, "absorb"). Returns (B, H, T, v).
-
-        q_nope . (W_uk_h c) = (W_uk_h^T q_nope) . c, and sum_j p_j (W_uv_h c_j) = W_uv_h (sum_j p_j c_j): both
-        up-projections move to the query side, so the keys are [c ; k_rope] and the values c, shared by all heads.
-        """
-        w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
-        w_uk, w_uv = w.split([self.nope_dim, self.v_dim], dim=1)  # (H, nope, r), (H, v, r)
-        q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (B, H, T, r)
-        q = torch.cat((q_lat, q_rope), dim=-1)  # (B, H, T, r + dr)
-        k = torch.cat((latent, k_rope), dim=-1)  # (B, 1, Tk, r + dr): multi-query attention with one kv head
-        kernel = ATTENTION_KERNELS[self.config.attn_kernel]
-        y_lat = kernel(q, k, latent, mask, self.scale)  # (B, H, T, r)
-        return torch.einsum("bhtr,hvr->bhtv", y_lat, w_uv)  # (B, H, T, v)

@@ -19,22 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from efficientllm.models.component import Component
 from efficientllm.models.moe import MixtureOfExperts
 
 if TYPE_CHECKING:
     from efficientllm.models.configuration import EfficientLMConfig
 
 
-class FeedForward(nn.Module):
+class FeedForward(Component):
     """Base class: the contract every feed-forward variant implements."""
-
-    def __init__(self, config: EfficientLMConfig) -> None:
-        super().__init__()
-        self.config = config
-
-    @classmethod
-    def validate_config(cls, config: EfficientLMConfig) -> None:
-        """Raise ValueError, naming the key, if ``config`` cannot build this layer."""
 
     @classmethod
     def flops_per_token(cls, config: EfficientLMConfig) -> float:
@@ -45,9 +38,6 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
-
-    def reset_extra_parameters(self, std: float) -> None:
-        """(Re)initialise what the generic Linear / Embedding / norm init does not cover."""
 
 
 class SwiGLU(FeedForward):

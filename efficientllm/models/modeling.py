@@ -2,8 +2,9 @@
 
 The block never looks at component names: it builds ``ATTENTION[config.attention]`` and ``MLP[config.mlp]``, and the
 model builds one ``POSITIONAL[config.positional]`` that it applies to the embeddings (``embed``), to the scores
-(``bias``, folded into the mask once per forward) and hands to every attention layer (``rotate``). With "gqa", "rope"
-and "swiglu" the network is numerically HF Llama, with the same parameter names.
+(``bias``, folded into the mask once per forward) and hands to every attention layer (``rotate``), with the position
+ids and the mask, in one ``AttentionInputs``. With "gqa", "rope" and "swiglu" the network is numerically HF Llama, with
+the same parameter names.
 
 The classes are transformers ``PreTrainedModel``s: ``generate`` (with ``DynamicCache``), ``save_pretrained``
 (safetensors) and ``AutoModelForCausalLM.from_pretrained`` work once ``efficientllm.models`` is imported.
@@ -23,10 +24,10 @@ from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from efficientllm.models.attention import ATTENTION
+from efficientllm.models.attention import ATTENTION, AttentionInputs
 from efficientllm.models.configuration import EfficientLMConfig
 from efficientllm.models.mlp import MLP
-from efficientllm.models.positional import POSITIONAL, PositionalEncoding
+from efficientllm.models.positional import POSITIONAL
 
 
 class RMSNorm(nn.Module):
@@ -104,21 +105,9 @@ class DecoderBlock(GradientCheckpointingLayer):
         self.mlp = MLP[config.mlp](config)
 
     def forward(
-        self,
-        hidden: torch.Tensor,
-        *,
-        positional: PositionalEncoding,
-        position_ids: torch.Tensor,
-        mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
+        self, hidden: torch.Tensor, inputs: AttentionInputs, past_key_values: Cache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hidden = hidden + self.self_attn(
-            self.input_layernorm(hidden),
-            positional=positional,
-            position_ids=position_ids,
-            mask=mask,
-            past_key_values=past_key_values,
-        )  # (B, T, C)
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), inputs, past_key_values)  # (B, T, C)
         update, aux_loss = self.mlp(self.post_attention_layernorm(hidden))
         return hidden + update, aux_loss
 
@@ -152,7 +141,7 @@ class EfficientLMPreTrainedModel(PreTrainedModel):
         # Linear and Embedding: normal(0, initializer_range), padding row zeroed; RMSNorm: ones (Llama's scheme).
         super()._init_weights(module)
         reset = getattr(module, "reset_extra_parameters", None)
-        if reset is not None:  # component hook for anything else (see attention.py / positional.py / mlp.py)
+        if reset is not None:  # hook for anything else: every Component (component.py) and NSA's compressors
             reset(self.config.initializer_range)
 
 
@@ -199,17 +188,14 @@ class EfficientLMModel(EfficientLMPreTrainedModel):
         hidden = self.positional.embed(hidden, position_ids)
         bias = self.positional.bias(q_len, k_len)  # (1, H, Tq, Tk) or None
         mask = build_attention_mask(attention_mask, q_len, k_len, hidden.dtype, hidden.device, bias)
+        inputs = AttentionInputs(self.positional, position_ids, mask)  # the same for every layer
 
         all_hidden = [hidden] if output_hidden_states else None
         aux_loss = None
         for layer in self.layers:
-            hidden, layer_aux = layer(
-                hidden,
-                positional=self.positional,
-                position_ids=position_ids,
-                mask=mask,
-                past_key_values=past_key_values,
-            )
+            # past_key_values by keyword: under gradient checkpointing transformers drops it (a replayed forward
+            # must not write the cache twice)
+            hidden, layer_aux = layer(hidden, inputs, past_key_values=past_key_values)
             if layer_aux is not None:
                 aux_loss = layer_aux if aux_loss is None else aux_loss + layer_aux
             if all_hidden is not None:

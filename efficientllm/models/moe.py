@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from efficientllm.models.component import Component
+
 if TYPE_CHECKING:
     from efficientllm.models.configuration import EfficientLMConfig
 
@@ -46,20 +48,20 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class MixtureOfExperts(nn.Module):
+class MixtureOfExperts(Component):
     """Top-k routed SwiGLU experts (+ shared experts) with a load-balancing aux loss.
 
     Implements the feed-forward contract of ``mlp.FeedForward`` (forward -> (out, aux_loss), ``validate_config``,
-    ``flops_per_token``, ``inactive_parameters``, ``reset_extra_parameters``) without subclassing it: mlp.py imports
-    this module to register it under "moe", so importing mlp.py from here would be circular.
+    ``flops_per_token``, ``inactive_parameters``, ``reset_extra_parameters``) on the shared ``Component`` base, without
+    subclassing FeedForward: mlp.py imports this module to register it under "moe", so importing mlp.py from here
+    would be circular.
 
     Shapes: E = num_experts, k = num_experts_per_tok, F_e = moe_intermediate_size (None: intermediate_size),
     S = num_shared_experts (implemented as one SwiGLU of width S * F_e, which equals the sum of S experts).
     """
 
     def __init__(self, config: EfficientLMConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         C, E = config.hidden_size, config.num_experts
         self.num_experts, self.top_k = E, config.num_experts_per_tok
         width = self.expert_width(config)
@@ -103,9 +105,6 @@ class MixtureOfExperts(nn.Module):
         """The (E - k) routed experts a token does not use; router and shared experts count as active."""
         per_expert = sum(p.numel() for p in self.experts[0].parameters())
         return (self.num_experts - self.top_k) * per_expert
-
-    def reset_extra_parameters(self, std: float) -> None:
-        """Nothing beyond Linear layers to initialise."""
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, C) -> router probabilities (N, E) fp32, top-k weights summing to 1 (N, k), expert ids (N, k)."""

@@ -55,13 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from efficientllm.models.attention import ATTENTION_KERNELS, Attention
+from efficientllm.models.attention import ATTENTION_KERNELS, AttentionInputs, GroupedQueryAttention
 
 if TYPE_CHECKING:
     from transformers import Cache
 
     from efficientllm.models.configuration import EfficientLMConfig
-    from efficientllm.models.positional import PositionalEncoding
 
 _NSA_KEYS = (
     "nsa_compress_block_size",
@@ -99,18 +98,17 @@ class BlockCompressor(nn.Module):
         nn.init.normal_(self.block_positions, std=std)
 
 
-class NativeSparseAttention(Attention):
-    """NSA with H query heads over Hkv key/value heads (see the module docstring). Llama names for q/k/v/o."""
+class NativeSparseAttention(GroupedQueryAttention):
+    """NSA with H query heads over Hkv key/value heads (see the module docstring).
+
+    GQA's q/k/v/o projections (Llama names), rotation and K/V cache, with the three branches in place of its one
+    dense attention.
+    """
 
     def __init__(self, config: EfficientLMConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
-        C, H, Hkv, D = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        self.num_heads, self.num_kv_heads, self.head_dim = H, Hkv, D
-        self.scale = D**-0.5
-        self.q_proj = nn.Linear(C, H * D, bias=False)
-        self.k_proj = nn.Linear(C, Hkv * D, bias=False)
-        self.v_proj = nn.Linear(C, Hkv * D, bias=False)
-        self.o_proj = nn.Linear(H * D, C, bias=False)
+        C, H, D = config.hidden_size, config.num_attention_heads, config.head_dim
+        self.num_heads, self.num_kv_heads = H, config.num_key_value_heads
         self.k_compress = BlockCompressor(config.nsa_compress_block_size, D)
         self.v_compress = BlockCompressor(config.nsa_compress_block_size, D)
         self.branch_gate = nn.Linear(C, 3 * H, bias=False)  # per head: (compressed, selected, window)
@@ -141,10 +139,6 @@ class NativeSparseAttention(Attention):
             )
         if isinstance(ctx, int) and config.nsa_window_size > ctx:
             raise ValueError(f"nsa_window_size ({config.nsa_window_size}) must be <= max_position_embeddings ({ctx})")
-
-    @classmethod
-    def kv_cache_bytes_per_token(cls, config: EfficientLMConfig, bytes_per_element: float) -> float:
-        return 2 * config.num_key_value_heads * config.head_dim * bytes_per_element  # rotated K and V, as GQA
 
     @classmethod
     def forward_flops(cls, config: EfficientLMConfig, q_len: int, k_len: int) -> float:
@@ -233,32 +227,21 @@ class NativeSparseAttention(Attention):
         return ATTENTION_KERNELS[self.config.attn_kernel](q, k, v, mask, self.scale)
 
     def branch_outputs(
-        self,
-        hidden: torch.Tensor,
-        *,
-        positional: PositionalEncoding,
-        position_ids: torch.Tensor,
-        mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
+        self, hidden: torch.Tensor, inputs: AttentionInputs, past_key_values: Cache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(compressed, selected, window) outputs, each (B, H, T, D), before gating."""
-        B, T, _ = hidden.shape
-        q = self.q_proj(hidden).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(hidden).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(hidden).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        q, k = positional.rotate(q, k, position_ids)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, Hkv, Tk, D)
+        T = hidden.shape[1]
+        q, k, v = self.project_qkv(hidden, inputs, past_key_values)  # (B, H, T, D), (B, Hkv, Tk, D) x 2
         Tk = k.shape[2]
         q_idx = torch.arange(Tk - T, Tk, device=q.device)[:, None]  # (T, 1) cache index of each query
         k_idx = torch.arange(Tk, device=q.device)[None]  # (1, Tk)
-        if mask is None:  # plain causal: the queries are the last T of the Tk keys
+        if inputs.mask is None:  # plain causal: the queries are the last T of the Tk keys
             base = torch.zeros(T, Tk, dtype=q.dtype, device=q.device).masked_fill(
                 k_idx > q_idx, torch.finfo(q.dtype).min
             )
             base = base[None, None]  # (1, 1, T, Tk)
         else:
-            base = mask  # (B|1, 1|H, T, Tk): causal, padding and any positional bias
+            base = inputs.mask  # (B|1, 1|H, T, Tk): causal, padding and any positional bias
         allowed = base[:, :1] > torch.finfo(base.dtype).min / 2  # (B|1, 1, T, Tk)
 
         o_cmp, probs = self.compressed_attention(q, k, v, allowed)
@@ -268,19 +251,9 @@ class NativeSparseAttention(Attention):
         o_win = self.masked_attention(q, k, v, base, (k_idx > q_idx - self.config.nsa_window_size)[None, None])
         return o_cmp, o_slc, o_win
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        *,
-        positional: PositionalEncoding,
-        position_ids: torch.Tensor,
-        mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
+    def attend(self, hidden: torch.Tensor, inputs: AttentionInputs, past_key_values: Cache | None) -> torch.Tensor:
+        """The three branches mixed by their per-head gates (eq. 5): (B, H, T, D)."""
         B, T, _ = hidden.shape
-        o_cmp, o_slc, o_win = self.branch_outputs(
-            hidden, positional=positional, position_ids=position_ids, mask=mask, past_key_values=past_key_values
-        )
+        o_cmp, o_slc, o_win = self.branch_outputs(hidden, inputs, past_key_values)
         gates = torch.sigmoid(self.branch_gate(hidden)).view(B, T, self.num_heads, 3).transpose(1, 2)  # (B, H, T, 3)
-        y = gates[..., 0:1] * o_cmp + gates[..., 1:2] * o_slc + gates[..., 2:3] * o_win  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
+        return gates[..., 0:1] * o_cmp + gates[..., 1:2] * o_slc + gates[..., 2:3] * o_win  # (B, H, T, D)

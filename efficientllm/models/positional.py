@@ -34,20 +34,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from efficientllm.models.component import Component
+
 if TYPE_CHECKING:
     from efficientllm.models.configuration import EfficientLMConfig
 
 
-class PositionalEncoding(nn.Module):
+class PositionalEncoding(Component):
     """Base class; every hook is the identity (no positional information at all)."""
-
-    def __init__(self, config: EfficientLMConfig) -> None:
-        super().__init__()
-        self.config = config
-
-    @classmethod
-    def validate_config(cls, config: EfficientLMConfig) -> None:
-        """Raise ValueError, naming the key, if ``config`` cannot build this encoding."""
 
     def embed(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """hidden (B, T, C), position_ids (B|1, T) -> (B, T, C)."""
@@ -60,9 +54,6 @@ class PositionalEncoding(nn.Module):
     def bias(self, q_len: int, k_len: int) -> torch.Tensor | None:
         """Additive score bias (1, H, q_len, k_len) or None. Queries are the last ``q_len`` of ``k_len`` positions."""
         return None
-
-    def reset_extra_parameters(self, std: float) -> None:
-        """(Re)initialise what the generic Linear / Embedding / norm init does not cover (buffers, odd params)."""
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
