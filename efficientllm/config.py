@@ -520,6 +520,41 @@ FREE_SECTIONS = ("variants",)
 # ----------------------------------------------------------------------------- parsing
 
 
+def did_you_mean(name: str, known: Any) -> str:
+    """` (did you mean 'x'?)` for the nearest of `known` to a misspelt `name`, or nothing when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_references(params: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """Every section of a params file parsed, and every matrix slug defined where it points: pretrain slugs in
+    `variants`, fine-tuning datasets in `sft.datasets`, hub models in `quantize_hub.models`, a task list in
+    `eval.tasks` for every quantize stage with cells. Returns the parsed sections; raises ConfigError naming the
+    section, the key or slug and the nearest valid name. (Slugs whose registry lives with the techniques, the
+    methods and precisions, are checked by the `check_params` stage.)"""
+    parsed = {name: load_section(path, name, params) for name in SECTIONS if name in params}
+    matrix = parsed.get("matrix") or MatrixConfig()
+    variants = params.get("variants") or {}
+    refs = [("pretrain", matrix.pretrain, variants, "[variants]")]
+    if "sft" in parsed:
+        refs.append(("finetune_datasets", matrix.finetune_datasets, parsed["sft"].datasets, "[sft] datasets"))
+    if "quantize_hub" in parsed:
+        refs.append(("quantize_hub", matrix.quantize_hub, parsed["quantize_hub"].models, "[quantize_hub] models"))
+    for key, slugs, defined, where in refs:
+        for slug in slugs:
+            if slug not in defined:
+                raise ConfigError(f"[matrix] {key}: {slug!r} is not defined in {where}{did_you_mean(slug, defined)} "
+                                  f"(defined: {', '.join(defined) or 'none'})")
+    if "eval" in parsed:
+        for stage, cells in (("quantize", matrix.quantize), ("quantize_sft", matrix.quantize_sft),
+                             ("quantize_hub", matrix.quantize_hub)):
+            if cells and stage not in parsed["eval"].tasks:
+                raise ConfigError(f"[eval] tasks: no task list for stage {stage!r}, which has cells in [matrix]")
+    return parsed
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -586,7 +621,8 @@ def parse_section(cls: type, section: str, raw: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"[{section}] unknown key {unknown[0]!r} (allowed: {', '.join(fields)})")
+        raise ConfigError(f"[{section}] unknown key {unknown[0]!r}{did_you_mean(unknown[0], fields)} "
+                          f"(allowed: {', '.join(fields)})")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():
@@ -624,7 +660,8 @@ def read_params(path: str | Path) -> dict[str, Any]:
     known = [*SECTIONS, *FREE_SECTIONS]
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:  # a misspelt section would otherwise be ignored and its defaults used silently
-        raise ConfigError(f"params file {path}: unknown section {unknown[0]!r} (known: {', '.join(known)})")
+        raise ConfigError(f"params file {path}: unknown section {unknown[0]!r}{did_you_mean(unknown[0], known)} "
+                          f"(known: {', '.join(known)})")
     return data
 
 
@@ -649,7 +686,8 @@ def load_variant(path: str | Path, slug: str, params: Mapping[str, Any] | None =
     if not isinstance(variants, Mapping):
         raise ConfigError(f"params file {path}: missing section [variants] (a mapping slug -> recipe)")
     if slug not in variants:
-        raise ConfigError(f"[variants] unknown variant {slug!r} (defined: {', '.join(variants) or 'none'})")
+        raise ConfigError(f"[variants] unknown variant {slug!r}{did_you_mean(slug, variants)} "
+                          f"(defined: {', '.join(variants) or 'none'})")
     recipe = variants[slug]
     if recipe is None:
         return {}
