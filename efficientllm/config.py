@@ -407,6 +407,10 @@ class QuantizeConfig(TrialsConfig):
         if self.min_runs > self.max_runs:
             raise ConfigError(f"[quantize] min_runs={self.min_runs} must be <= max_runs={self.max_runs}")
 
+    budget_check_max_s: float = field(default=20.0, metadata=_meta(min=0.0, min_exclusive=True))
+    """Time cap of that check: when one request at the largest batch would take longer (estimated from the latency
+    pass), the check runs at the largest batch that fits the cap and scales the measured memory growth per sequence
+    up to the largest batch; the row says which (`extra.max_batch_check_method`)."""
 
 @dataclass(frozen=True)
 class QuantizeHubConfig(QuantizeConfig):

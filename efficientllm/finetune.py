@@ -47,7 +47,6 @@ from efficientllm.atomic import atomic_dir
 from efficientllm.checkpoint import (
     RUN_KNOBS,
     CellGuard,
-    Checkpointer,
     cell_key,
     code_digest,
     file_digest,
@@ -65,6 +64,8 @@ from efficientllm.distributed import (
     wrap_model,
 )
 from efficientllm.measure import metrics
+from efficientllm.measure.memory import RssSensor
+from efficientllm.measure.timing import Phases
 from efficientllm.records import CellId, CellOutcome
 from efficientllm.techniques import (
     BASE_QUANTIZATION,
@@ -80,6 +81,7 @@ from efficientllm.techniques.quantization import logical_numel, weight_bytes
 from efficientllm.training import (
     LoopResult,
     StepWork,
+    checkpointer_for,
     curve_csv,
     measured_peak,
     train_measured,
@@ -640,24 +642,63 @@ def _train(model: nn.Module, train_model: nn.Module, data: SFTData, *, method: s
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(data.train.input_ids) / samples_per_step))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, cfg.lr_warmup_steps, MIN_LR_RATIO))
     peak, peak_total = measured_peak(dist.device, dtype, measure, dist)
-    checkpointer = None
-    # One process or DDP (replicas hold the whole state: rank 0 saves it, every rank resumes from it); not FSDP
-    if checkpoint_dir is not None and cfg.checkpoint_every_steps and not is_sharded(model):
-        # hashing the data and the base weights once is enough: every rank reads the same files
-        key = dist.broadcast(_trajectory_key(method, dataset, sft, cfg, data_dir) if dist.is_main else None)
-        checkpointer = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps, trainable_only=True)
+    checkpointer = checkpointer_for(checkpoint_dir, cfg.checkpoint_every_steps, model, dist=dist, trainable_only=True,
+                                    key=lambda: _trajectory_key(method, dataset, sft, cfg, data_dir))
     batches = batch_order(len(data.train.input_ids), cfg.batch_size, cfg.seed, steps * cfg.grad_accum_steps)
     # float16 compute: loss scaling keeps small gradients from flushing to zero (bf16 has float32's range)
     scaler = torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None
     step_fn = sft_step(train_model, data.train, batches, cfg=cfg, per_rank=per_rank, pad_id=pad_id,
                        seq_len=sft.max_seq_len, dist=dist, dtype=dtype, scaler=scaler)
+    share = batches[0][dist.rank * per_rank:(dist.rank + 1) * per_rank]  # this rank's part of the first micro-batch
+    ids, lab = collate([data.train.input_ids[i] for i in share], [data.train.labels[i] for i in share], pad_id,
+                       sft.max_seq_len, dist.device)
+
+    def probe() -> Any:  # one micro-batch's forward, for the activation bytes of the memory anatomy
+        with precision_context(dist.device, dtype):
+            return model(input_ids=ids, labels=lab, use_cache=False).loss
+
     loop = train_measured(step_fn, section="finetune", model=model, optimizer=opt, scheduler=sched, steps=steps,
                           warmup_steps=min(cfg.measure_warmup_steps, steps - 1),
                           clip_params=[p for p in model.parameters() if p.requires_grad], grad_clip=cfg.grad_clip,
                           dist=dist, measure=measure, progress=("samples", samples_per_step),
                           guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "finetune"), checkpointer=checkpointer,
-                          scaler=scaler)
+                          scaler=scaler, probe=None if is_sharded(model) else probe)
     return loop, steps, peak, peak_total
+
+
+def _initial_adapter(model: nn.Module, out_dir: Path | None,
+                     dist: DistContext) -> tempfile.TemporaryDirectory | None:
+    """PiSSA-style inits change the base, so their adapter is saved relative to the base as loaded (peft converts
+    it at save time from the initial adapter, kept aside here): rank 0, when the cell saves; None otherwise."""
+    if out_dir is None or not dist.is_main or not _uses_initial_conversion(model):
+        return None
+    initial = tempfile.TemporaryDirectory(prefix="efficientllm-init-adapter-")
+    model.save_pretrained(initial.name, safe_serialization=True)
+    return initial
+
+
+def _rank0_results(plain: nn.Module | None, tokenizer: Any, data: SFTData, *, sft: SFTConfig, cfg: FinetuneConfig,
+                   method: str, dtype: torch.dtype, device: torch.device, out_dir: Path | None,
+                   initial: tempfile.TemporaryDirectory | None, autocast: contextlib.AbstractContextManager,
+                   phases: Phases) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(exact match, saved facts) of the trained model, on rank 0 (`plain` is None on the other ranks)."""
+    em: dict[str, Any] = {"exact_match": None, "exact_match_n": 0}
+    saved: dict[str, Any] = {}
+    if plain is not None:
+        if cfg.gen_eval_examples:
+            phases.start("exact match")
+            with autocast:
+                em = exact_match(plain, tokenizer, data.eval_records[:cfg.gen_eval_examples],
+                                 template=data.train.template, prompt_template=sft.prompt_template,
+                                 max_new_tokens=cfg.max_new_tokens, device=device)
+        if out_dir is not None:
+            phases.start("save")
+            saved = save_cell(plain, tokenizer, method, cfg, dtype, Path(out_dir),
+                              Path(initial.name) if initial is not None else None)
+    if initial is not None:
+        initial.cleanup()
+    phases.stop()
+    return em, saved
 
 
 def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cfg: FinetuneConfig,
@@ -675,6 +716,8 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
     QLoRA under FSDP is CellSkipped (bitsandbytes' 4-bit weights do not shard); under DDP it runs.
     """
     t_cell = time.perf_counter()
+    phases = Phases(f"finetune@{method}-{dataset}")
+    phases.start("load data")
     dist = dist or single_process(cfg.device)
     device = dist.device
     per_rank = _runnable(method, cfg, dist)
@@ -685,6 +728,8 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
     dtype = resolve_dtype(cfg.dtype, device)
     # FSDP: the base loads on the host; wrap_model moves each block to the device as it shards it
     sharded = dist.distributed and cfg.parallelism == "fsdp"
+    phases.start("build model")
+    rss_baseline = (RssSensor().read() or (None,))[0]  # the process before the model: the CPU peak is above it
     model, base_params = build_model(method, cfg, torch.device("cpu") if sharded else device, dtype)
     # FSDP shards need one dtype per unit: everything stays float32 there and FSDP casts to `dtype` to compute
     precision = mixed_precision(model, torch.float32 if sharded else dtype)
@@ -692,11 +737,7 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
     counts = parameter_counts(model)
     flops = training_flops_per_token(model, seq_len)
     model_bytes = weight_bytes(model)["total"]  # as held: QLoRA's 4-bit absmax / code constants included
-    initial_dir = tempfile.TemporaryDirectory(prefix="efficientllm-init-adapter-")
-    initial_adapter = None
-    if out_dir is not None and dist.is_main and _uses_initial_conversion(model):
-        initial_adapter = Path(initial_dir.name)
-        model.save_pretrained(initial_adapter, safe_serialization=True)
+    initial = _initial_adapter(model, out_dir, dist)
 
     # DDP replica / FSDP shards (identity for one process); `model` stays the module itself (FSDP: sharded in
     # place) for evaluation, the optimizer and checkpoints, `train_model` runs the training forwards.
@@ -704,28 +745,21 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
                              section="finetune")
     with autocast:
         eval_loss_initial = response_loss(model, data.evals, per_rank, pad_id, seq_len, device, dist=dist)
+    phases.start("train")
     loop, steps, peak, peak_total = _train(model, train_model, data, method=method, dataset=dataset, sft=sft,
                                            cfg=cfg, measure=measure, dist=dist, dtype=dtype, data_dir=data_dir,
                                            checkpoint_dir=checkpoint_dir, pad_id=pad_id)
     warm = min(cfg.measure_warmup_steps, steps - 1)
     samples_per_step = cfg.batch_size * cfg.grad_accum_steps
 
+    phases.start("evaluate")
     with autocast:
         eval_loss = response_loss(model, data.evals, per_rank, pad_id, seq_len, device, dist=dist)
     # The last collectives (FSDP's state-dict gather) come before rank 0's own work: the other ranks may then end
     # while rank 0 generates and saves, however long that takes, without a collective timing out.
     plain = _plain_model(model, dist, cfg, method, dtype)
-    em: dict[str, Any] = {"exact_match": None, "exact_match_n": 0}
-    saved: dict[str, Any] = {}
-    if plain is not None:  # rank 0
-        if cfg.gen_eval_examples:
-            with autocast:
-                em = exact_match(plain, tokenizer, data.eval_records[:cfg.gen_eval_examples],
-                                 template=data.train.template, prompt_template=sft.prompt_template,
-                                 max_new_tokens=cfg.max_new_tokens, device=device)
-        if out_dir is not None:
-            saved = save_cell(plain, tokenizer, method, cfg, dtype, Path(out_dir), initial_adapter)
-    initial_dir.cleanup()
+    em, saved = _rank0_results(plain, tokenizer, data, sft=sft, cfg=cfg, method=method, dtype=dtype, device=device,
+                               out_dir=out_dir, initial=initial, autocast=autocast, phases=phases)
 
     window_s, window_samples = loop.window["window_s"], samples_per_step * len(loop.step_s)
     dtype_name = str(dtype).removeprefix("torch.")
@@ -735,7 +769,7 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
         batch_size=cfg.batch_size, seq_len=seq_len, seed=cfg.seed,
         n_params=counts["total"], n_active_params=counts["total"], n_trainable_params=counts["trainable"],
         **training_columns(loop, flops_per_token=flops["training"], peak_total=peak_total, dist=dist,
-                           warmup_steps=warm),
+                           warmup_steps=warm, rss_baseline=rss_baseline),
         st_samples_per_param_s=metrics.st_samples_per_param_s(window_samples, counts["total"], window_s),
         model_size_bytes=model_bytes, quality_metric="eval_loss", quality_value=eval_loss, eval_loss=eval_loss,
         duration_s=time.perf_counter() - t_cell,
@@ -745,6 +779,7 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
             **run_facts(loop, cfg, dist, sharded=is_sharded(model), steps=steps),
             **precision,
             "trainable_modules": trainable_modules(model),
+            "phase_s": phases.seconds,
             # every seed the row's numbers depend on: adapter init + dropout + batch order, and the SFT data split
             "seeds": {"finetune": cfg.seed, "sft_split": data.stats.get("seed", sft.seed)},
             "base_model": cfg.base_model,

@@ -38,6 +38,7 @@ from torch import nn
 from transformers import LogitsProcessor
 
 from efficientllm.measure import MeasurementWindow, RssPeak, metrics, summarize, synchronize
+from efficientllm.measure.anatomy import above_baseline, with_rest
 from efficientllm.measure.timing import Clock, Phases, latency_columns
 from efficientllm.records import CellId, CellOutcome
 
@@ -223,6 +224,17 @@ def _plain_generate(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int
                        **greedy_kwargs(model, max_new_tokens))
 
 
+def request_cache_bytes(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, device: torch.device) -> int:
+    """Bytes of the KV cache one request of the workload holds at its end, counted from the cache's tensors."""
+    from efficientllm.measure.anatomy import cache_bytes
+
+    prompts = prompts.to(device)
+    with torch.inference_mode():
+        out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), return_dict_in_generate=True,
+                             **greedy_kwargs(model, max_new_tokens))
+    return cache_bytes(out.past_key_values)
+
+
 def tracker_pass(model: nn.Module, prompts: torch.Tensor, *, max_new_tokens: int, device: torch.device,
                  warmup_runs: int, min_runs: int, min_duration_s: float, max_runs: int,
                  sample_interval_s: float, watts_per_core: float | None) -> dict[str, Any]:
@@ -348,12 +360,36 @@ class MemoryBudget:
 
 
 def memory_budget(model: nn.Module, prompts: torch.Tensor, *, max_new_tokens: int, device: torch.device,
-                  weight_bytes: float, kv_bytes_per_token: float, budget_bytes: float) -> MemoryBudget:
-    """The largest batch in the budget, computed, then checked by one request at it (skipped when it is 0)."""
+                  weight_bytes: float, kv_bytes_per_token: float, budget_bytes: float, sequence_s: float | None,
+                  max_check_s: float) -> MemoryBudget:
+    """The largest batch in the budget, computed, then checked by one request (skipped when it is 0).
+
+    The check's cost grows with the batch: one request at thousands of sequences is minutes of prefill on a small
+    CPU. `sequence_s` (seconds per sequence of one request, from the latency pass) estimates it; when the request
+    at the largest batch would pass `max_check_s`, the check runs at the largest batch that fits the cap and the
+    memory it measures above the weights scales linearly to the largest batch (memory per sequence is constant:
+    the same prompt and generation length). `extra.max_batch_check_method` says which was done.
+    """
     mb = MemoryBudget(budget_bytes, weight_bytes, kv_bytes_per_token, int(prompts.shape[1]) + max_new_tokens)
-    if mb.max_batch > 0:
-        mb.check = check_batch(model, prompts_for_batch(prompts, mb.max_batch), max_new_tokens=max_new_tokens,
-                               device=device, weight_bytes=weight_bytes, budget_bytes=budget_bytes)
+    if mb.max_batch <= 0:
+        return mb
+    checked = mb.max_batch
+    if sequence_s and sequence_s * mb.max_batch > max_check_s:
+        checked = max(1, min(mb.max_batch, math.floor(max_check_s / sequence_s)))
+    check = check_batch(model, prompts_for_batch(prompts, checked), max_new_tokens=max_new_tokens, device=device,
+                        weight_bytes=weight_bytes, budget_bytes=budget_bytes)
+    if checked < mb.max_batch:
+        measured = check["max_batch_peak_bytes"]
+        peak = None if measured is None else weight_bytes + (measured - weight_bytes) * mb.max_batch / checked
+        check.update(max_batch_peak_bytes=peak,
+                     max_batch_fits=check["max_batch_fits"] if peak is None else bool(peak <= budget_bytes),
+                     max_batch_check_method=f"measured at batch {checked}, scaled to {mb.max_batch} (a request at "
+                                            f"{mb.max_batch} would take ~{sequence_s * mb.max_batch:.0f} s > "
+                                            f"budget_check_max_s={max_check_s:g})",
+                     max_batch_checked_batch=checked, max_batch_checked_peak_bytes=measured)
+    else:
+        check.update(max_batch_check_method="measured at the largest batch", max_batch_checked_batch=checked)
+    mb.check = check
     return mb
 
 
@@ -382,6 +418,35 @@ def check_workload(cfg: Any, max_position_embeddings: int | None) -> None:
     if max_position_embeddings is not None and total > max_position_embeddings:
         raise ConfigError(f"[quantize] prompt_len + max_new_tokens = {total} exceeds the model's "
                           f"max_position_embeddings={max_position_embeddings}")
+
+
+def measured_passes(model: nn.Module, prompts: torch.Tensor, cfg: Any, measure: Any, device: torch.device,
+                    phases: Phases) -> tuple[LatencyResult, dict[str, Any]]:
+    """The latency pass (per-token clock, no trackers) then the tracker pass (the same requests in a window)."""
+    workload = {"max_new_tokens": cfg.max_new_tokens, "device": device, "warmup_runs": cfg.warmup_runs,
+                "min_runs": cfg.min_runs, "min_duration_s": cfg.min_duration_s, "max_runs": cfg.max_runs}
+    with phases("latency pass"):
+        latency = latency_pass(model, prompts, **workload)
+    with phases("tracker pass"):
+        tracked = tracker_pass(model, prompts, **workload, sample_interval_s=measure.sample_interval_s,
+                               watts_per_core=measure.cpu_watts_per_core)
+    return latency, tracked
+
+
+def memory_columns(tracked: dict[str, Any], rss_baseline: float | None, weights: float, kv_measured: int,
+                   kv_analytic: float) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """(the tracker pass's window columns, the memory anatomy, the analytic KV-cache bytes) of a quantize cell.
+
+    The CPU peak is taken above the process before the model was loaded (what the cell added, not the runtime);
+    inference holds no gradients, optimizer state or saved activations. `kv_analytic`: KV bytes per token x batch
+    x cached positions (prompt + new - 1: the last token's keys and values are never computed).
+    """
+    window = above_baseline({k: v for k, v in tracked.items() if k not in ("requests", "generated_tokens",
+                                                                           "tokens_per_j")}, rss_baseline)
+    anatomy = with_rest({"mem_weights_bytes": weights, "mem_grads_bytes": 0, "mem_optimizer_bytes": 0,
+                         "mem_activations_bytes": 0, "mem_kv_cache_bytes": kv_measured, "mem_other_bytes": None},
+                        window["peak_mem_bytes"])
+    return window, anatomy, kv_analytic
 
 
 def workload_inputs(model_ref: str | Path, revision: str | None, data_dir: Path,
@@ -444,11 +509,10 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
     device = resolve_device(cfg.device)
     stats, tokenizer, blocks, prompts = workload_inputs(model_ref, revision, Path(data_dir), cfg)
     torch.manual_seed(cfg.seed)
-    rss = RssSensor()
     with phases("load"):
-        rss_before = rss.read()
+        rss_before = RssSensor().read()
         loaded = PRECISIONS[precision](model_ref, device, cfg, revision=revision)
-        rss_after = rss.read()
+        rss_after = RssSensor().read()
     model = loaded.model
     check_workload(cfg, getattr(model.config, "max_position_embeddings", None))
     bytes_after_load = weight_bytes(model)
@@ -457,19 +521,16 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
     counts = count_parameters(model)
     n_active = n_params - (counts["total"] - counts["active"])
 
-    workload = {"max_new_tokens": cfg.max_new_tokens, "device": device, "warmup_runs": cfg.warmup_runs,
-                "min_runs": cfg.min_runs, "min_duration_s": cfg.min_duration_s, "max_runs": cfg.max_runs}
-    with phases("latency pass"):
-        latency = latency_pass(model, prompts, **workload)
-    with phases("tracker pass"):
-        tracked = tracker_pass(model, prompts, **workload, sample_interval_s=measure.sample_interval_s,
-                               watts_per_core=measure.cpu_watts_per_core)
+    latency, tracked = measured_passes(model, prompts, cfg, measure, device, phases)
     held = weight_bytes(model)  # after the passes: in the layout the kernels use (bnb repacks 4-bit on CPU)
     kv_bytes = kv_cache_bytes_per_token(model.config, torch.finfo(loaded.activation_dtype).bits / 8)
     with phases("memory budget"):
         budget = memory_budget(model, prompts, max_new_tokens=cfg.max_new_tokens, device=device,
                                weight_bytes=held["total"], kv_bytes_per_token=kv_bytes,
-                               budget_bytes=cfg.memory_budget_mib * 2**20)
+                               budget_bytes=cfg.memory_budget_mib * 2**20, max_check_s=cfg.budget_check_max_s,
+                               sequence_s=latency.columns()["al_s"] / cfg.batch_size)
+    with phases("kv cache"):
+        kv_measured = request_cache_bytes(model, prompts, cfg.max_new_tokens, device)
     with phases("perplexity"):
         ppl = perplexity(model, blocks, n_blocks=cfg.ppl_blocks, batch_size=cfg.ppl_batch_size, device=device)
     with phases("tasks"):
@@ -478,7 +539,9 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
                            num_fewshot=eval_cfg.num_fewshot, data_files=eval_cfg.data_files,
                            apply_chat_template=eval_cfg.apply_chat_template, seed=cfg.seed)
 
-    window = {k: tracked[k] for k in tracked if k not in ("requests", "generated_tokens", "tokens_per_j")}
+    window, anatomy, cache = memory_columns(tracked, rss_before[0] if rss_before else None, held["total"],
+                                            kv_measured, kv_bytes * cfg.batch_size
+                                            * (cfg.prompt_len + cfg.max_new_tokens - 1))
     reference = precision == REFERENCE_PRECISION
     row = cell.ok_row(
         technique=precision, dataset=stats.get("source"), batch_size=cfg.batch_size, seq_len=cfg.prompt_len,
@@ -486,6 +549,7 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
         dtype=loaded.dtype, n_params=n_params, n_active_params=n_active, n_trainable_params=0,
         **latency.columns(),
         **window,
+        **anatomy,
         tokens_per_j=tracked["tokens_per_j"],
         kv_cache_bytes_per_token=kv_bytes,
         model_size_bytes=held["total"],
@@ -510,6 +574,8 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
             "tracker_pass_requests": tracked["requests"],
             "tracker_pass_generated_tokens": tracked["generated_tokens"],
             **budget.extra(),
+            "kv_cache_bytes_analytic": cache,  # kv_cache_bytes_per_token x batch x cached positions
+            "kv_cache_measured_vs_analytic": kv_measured / cache if cache else None,
             **ppl,
             "task_scores": scores.primary,
             "task_metrics": scores.all_metrics,

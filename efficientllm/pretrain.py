@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from efficientllm.atomic import atomic_dir
-from efficientllm.checkpoint import RUN_KNOBS, CellGuard, Checkpointer, cell_key, code_digest, file_digest
+from efficientllm.checkpoint import RUN_KNOBS, CellGuard, cell_key, code_digest, file_digest
 from efficientllm.config import ConfigError, MeasureConfig, ModelConfig, PretrainConfig
 from efficientllm.data import iterate_batches, load_blocks, load_stats
 from efficientllm.distributed import (
@@ -36,11 +36,20 @@ from efficientllm.distributed import (
     wrap_model,
 )
 from efficientllm.measure import metrics
+from efficientllm.measure.timing import Phases
 from efficientllm.models.accounting import count_parameters
 from efficientllm.models.baselines import Variant, describe_variant, resolve_recipe
 from efficientllm.models.moe import expert_load_summary
 from efficientllm.records import CellId, CellOutcome
-from efficientllm.training import StepWork, curve_csv, measured_peak, train_measured, training_columns, warmup_cosine
+from efficientllm.training import (
+    StepWork,
+    checkpointer_for,
+    curve_csv,
+    measured_peak,
+    train_measured,
+    training_columns,
+    warmup_cosine,
+)
 
 
 def model_variant(slug: str, base: ModelConfig, recipe: dict[str, Any], tokenizer: Any, block_len: int) -> Variant:
@@ -197,6 +206,18 @@ def lm_step(train_model: torch.nn.Module, train_blocks: Any, *, cfg: PretrainCon
     return step_fn
 
 
+def lm_probe(model: torch.nn.Module, train_blocks: Any, cfg: PretrainConfig, dist: DistContext,
+             autocast: contextlib.AbstractContextManager, micro_bs: int) -> Callable[[], Any]:
+    """One micro-batch's forward (the first of this rank's share of batch 0), for the activation bytes."""
+    micro = dist.shard(next(iterate_batches(train_blocks, cfg.batch_size, cfg.seed, 1)))[:micro_bs].to(dist.device)
+
+    def forward() -> Any:
+        with autocast:
+            return model(input_ids=micro, labels=micro).loss
+
+    return forward
+
+
 def pretrain_cell(*, cell: CellId, slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: PretrainConfig,
                   measure: MeasureConfig, data_dir: Path, model_out: Path | None,
                   dist: DistContext | None = None, checkpoint_dir: Path | None = None) -> CellOutcome:
@@ -212,22 +233,24 @@ def pretrain_cell(*, cell: CellId, slug: str, base: ModelConfig, recipe: dict[st
     """
     from transformers import AutoTokenizer
 
+    from efficientllm.measure.memory import RssSensor
+
     t_cell = time.perf_counter()
+    phases = Phases(f"pretrain@{slug}")
+    phases.start("load data")
     data_dir = Path(data_dir)
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
-    train_blocks = load_blocks(data_dir / "train.npy")
-    val_blocks = load_blocks(data_dir / "val.npy")
+    train_blocks, val_blocks = load_blocks(data_dir / "train.npy"), load_blocks(data_dir / "val.npy")
     stats = load_stats(data_dir)  # prepare's stats.json, read once: data digests, source, split seed, hub commit
     block_len = int(train_blocks.shape[1])
+    phases.start("build model")
     variant = model_variant(slug, base, recipe, tokenizer, block_len)
-    mcfg = variant.config
-
     dist = dist or single_process(cfg.device)
     device = dist.device
     micro_bs, accum = micro_batching(cfg.batch_size, dist.world_size, cfg.micro_batch_size)
+    rss_baseline = (RssSensor().read() or (None,))[0]  # the process before the model: the CPU peak is above it
     torch.manual_seed(cfg.seed)
-    model = variant.build_model().to(device)
-    model.train()
+    model = variant.build_model().to(device).train()
     params = count_parameters(model)
     model_cls, model_size_bytes = type(model), sum(p.numel() * p.element_size() for p in model.parameters())
     autocast, dtype_name = _autocast(device, cfg.dtype)
@@ -239,41 +262,39 @@ def pretrain_cell(*, cell: CellId, slug: str, base: ModelConfig, recipe: dict[st
     opt = _optimizer(train_model, cfg, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.steps, cfg.lr_warmup_steps, cfg.min_lr_ratio))
     peak, peak_total = measured_peak(device, compute_dtype, measure, dist)
-
+    checkpointer = checkpointer_for(checkpoint_dir, cfg.checkpoint_every_steps, model, dist=dist,
+                                    key=lambda: _trajectory_key(slug, base, recipe, cfg, data_dir, stats))
     tokens_per_step = cfg.batch_size * block_len
-    checkpointer = None
-    # One process or DDP (every replica holds the whole state: rank 0 saves it, every rank resumes from it); FSDP
-    # shards would need every rank's part, so a sharded run does not checkpoint.
-    if checkpoint_dir is not None and cfg.checkpoint_every_steps and not is_sharded(model):
-        key = _trajectory_key(slug, base, recipe, cfg, data_dir, stats)
-        checkpointer = Checkpointer(checkpoint_dir, key, cfg.checkpoint_every_steps)
-    step_fn = lm_step(train_model, train_blocks, cfg=cfg, dist=dist, autocast=autocast, micro_bs=micro_bs,
-                      accum=accum)
-    loop = train_measured(step_fn, section="pretrain", model=model, optimizer=opt, scheduler=sched, steps=cfg.steps,
-                          warmup_steps=cfg.measure_warmup_steps, clip_params=list(train_model.parameters()),
-                          grad_clip=cfg.grad_clip, dist=dist, measure=measure, progress=("tokens", tokens_per_step),
-                          guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "pretrain"),
-                          checkpointer=checkpointer)
-    # MoE routing balance over the whole run (this rank's tokens; None for dense models).
-    expert_load = expert_load_summary(model)
-
+    phases.start(f"train ({cfg.steps} steps)")
+    loop = train_measured(lm_step(train_model, train_blocks, cfg=cfg, dist=dist, autocast=autocast, micro_bs=micro_bs,
+                                  accum=accum), section="pretrain", model=model, optimizer=opt, scheduler=sched,
+                          steps=cfg.steps, warmup_steps=cfg.measure_warmup_steps,
+                          clip_params=list(train_model.parameters()), grad_clip=cfg.grad_clip, dist=dist,
+                          measure=measure, progress=("tokens", tokens_per_step),
+                          guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "pretrain"), checkpointer=checkpointer,
+                          probe=None if is_sharded(model) else lm_probe(model, train_blocks, cfg, dist, autocast,
+                                                                        micro_bs))
+    expert_load = expert_load_summary(model)  # MoE routing balance over the whole run (None for dense models)
+    phases.start("evaluate")
     eval_loss, ppl = evaluate_perplexity(model, val_blocks, cfg.batch_size, cfg.eval_batches, device,
                                          dtype=cfg.dtype, dist=dist, micro_batch_size=micro_bs)
     if model_out is not None:
+        phases.start("save")
         _save_model(model, model_cls, tokenizer, model_out, dist)
+    phases.stop()
 
-    fpt = variant.family.flops_per_token(mcfg, block_len, training=True)
-    kv_bytes = variant.family.kv_cache_bytes_per_token(mcfg, torch.finfo(compute_dtype).bits // 8)
-    columns = training_columns(loop, flops_per_token=fpt, peak_total=peak_total, dist=dist,
-                               warmup_steps=cfg.measure_warmup_steps)
+    fpt = variant.family.flops_per_token(variant.config, block_len, training=True)
     row = cell.ok_row(
         technique=slug, model=f"{variant.family.name}-{params['total'] / 1e6:.2f}M", dataset=stats.get("source"),
         dtype=dtype_name, batch_size=cfg.batch_size, seq_len=block_len, seed=cfg.seed,
         n_params=params["total"], n_active_params=params["active"], n_trainable_params=params["trainable"],
-        **columns,
+        **training_columns(loop, flops_per_token=fpt, peak_total=peak_total, dist=dist,
+                           warmup_steps=cfg.measure_warmup_steps, rss_baseline=rss_baseline),
         tt_tokens_per_param_s=metrics.tt_tokens_per_param_s(loop.tokens, params["total"], loop.window["window_s"]),
-        kv_cache_bytes_per_token=kv_bytes, model_size_bytes=model_size_bytes,
-        quality_metric="val_ppl", quality_value=ppl, eval_loss=eval_loss, duration_s=time.perf_counter() - t_cell,
+        kv_cache_bytes_per_token=variant.family.kv_cache_bytes_per_token(variant.config,
+                                                                         torch.finfo(compute_dtype).bits // 8),
+        model_size_bytes=model_size_bytes, quality_metric="val_ppl", quality_value=ppl, eval_loss=eval_loss,
+        duration_s=time.perf_counter() - t_cell,
         extra={
             "recipe": recipe,
             "corpus_commit": stats.get("hub_commit"),  # hub commit of a streamed corpus (else None)
@@ -291,6 +312,7 @@ def pretrain_cell(*, cell: CellId, slug: str, base: ModelConfig, recipe: dict[st
             "expert_load": expert_load,
             "resumed_from_step": loop.start or None,  # a killed run resumed from its checkpoint after this many steps
             "checkpoint_s": loop.checkpoint_s,  # checkpoint saves, left out of every window figure
+            "phase_s": phases.seconds,
             # every seed the row's numbers depend on: init + batch order, and the corpus's train / val split
             "seeds": {"pretrain": cfg.seed, "prepare_split": stats.get("seed")},
         },

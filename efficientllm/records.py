@@ -163,7 +163,18 @@ SCHEMA: tuple[Column, ...] = (
     _c("ttft_s_p50", "DOUBLE", "median time to first token, s"),
     _c("tpot_s_p50", "DOUBLE", "median time per output token (decode step), s"),
     _c("peak_mem_bytes", "DOUBLE", "peak memory in the window, bytes"),
-    _c("peak_mem_source", "VARCHAR", "torch (max_memory_allocated) | nvml | rss"),
+    _c("peak_mem_source", "VARCHAR", "torch (max_memory_allocated) | nvml | rss (whole process) | rss_delta (RSS above "
+                                     "the process before the cell built its model)"),
+    # memory anatomy (efficientllm.measure.anatomy): tensors counted one by one, the same on every device
+    _c("mem_weights_bytes", "DOUBLE", "parameters + buffers, each storage once (quantized packs and constants)"),
+    _c("mem_grads_bytes", "DOUBLE", "gradients a training step holds (trained parameters); 0 for inference"),
+    _c("mem_optimizer_bytes", "DOUBLE", "optimizer state tensors (AdamW moments); 0 for inference"),
+    _c("mem_activations_bytes", "DOUBLE", "tensors one micro-batch's forward saves for backward (saved-tensors hook, "
+                                          "weights excluded); 0 for inference"),
+    _c("mem_kv_cache_bytes", "DOUBLE", "KV cache of one inference request at full length, from its tensors; 0 for "
+                                       "training"),
+    _c("mem_other_bytes", "DOUBLE", "peak_mem_bytes minus the counted parts (workspace, slack, temporaries); may be "
+                                    "negative on CPU (RSS misses or shares counted pages)"),
     _c("kv_cache_bytes_per_token", "DOUBLE", "KV-cache bytes per token (all layers) at the model dtype"),
     _c("aec_w", "DOUBLE", "average energy consumption: joules / seconds over the window, W"),
     _c("energy_j", "DOUBLE", "energy over the window, J"),

@@ -29,7 +29,7 @@ import torch
 
 from efficientllm.checkpoint import CellGuard, Checkpointer, TrainingDiverged
 from efficientllm.config import MeasureConfig
-from efficientllm.distributed import DistContext, aggregate_windows, per_device_summary, window_payload
+from efficientllm.distributed import DistContext, aggregate_windows, is_sharded, per_device_summary, window_payload
 from efficientllm.measure import (
     MeasurementWindow,
     StepTimer,
@@ -40,6 +40,7 @@ from efficientllm.measure import (
     num_threads,
     synchronize,
 )
+from efficientllm.measure.anatomy import above_baseline, saved_activation_bytes, training_anatomy, with_rest
 from efficientllm.measure.timing import latency_columns
 
 TRAIN_LOSS_LAST_STEPS = 5
@@ -57,6 +58,20 @@ def warmup_cosine(steps: int, warmup: int, min_ratio: float) -> Callable[[int], 
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
+
+
+def checkpointer_for(checkpoint_dir: Path | None, every_steps: int, model: torch.nn.Module, key: Callable[[], str],
+                     dist: DistContext, trainable_only: bool = False) -> Checkpointer | None:
+    """The cell's Checkpointer, or None (no folder, `checkpoint_every_steps: 0`, or a sharded model).
+
+    One process or DDP checkpoint (every replica holds the whole state: rank 0 saves it, every rank resumes from
+    it); an FSDP run would need every rank's shard, so it does not. `key()` (the trajectory's identity: it may hash
+    data files and weights) runs once, on rank 0, and is broadcast.
+    """
+    if checkpoint_dir is None or not every_steps or is_sharded(model):
+        return None
+    return Checkpointer(checkpoint_dir, dist.broadcast(key() if dist.is_main else None), every_steps,
+                        trainable_only=trainable_only)
 
 
 def measured_peak(device: torch.device, dtype: torch.dtype, measure: MeasureConfig,
@@ -108,6 +123,8 @@ class LoopResult:
     """Computed token positions of the measured steps (StepWork.computed_tokens summed)."""
     checkpoint_s: float
     """Wall time of the checkpoint saves, excluded from every window figure."""
+    memory: dict[str, Any] = field(default_factory=dict)
+    """The memory anatomy of a step (efficientllm.measure.anatomy), this rank's."""
     per_device: list[dict[str, Any]] | None = field(default=None)
     """Each rank's own window figures (several processes only)."""
 
@@ -116,7 +133,8 @@ def train_measured(step_fn: Callable[[int], StepWork], *, section: str, model: t
                    optimizer: torch.optim.Optimizer, scheduler: Any, steps: int, warmup_steps: int,
                    clip_params: list[torch.nn.Parameter], grad_clip: float, dist: DistContext,
                    measure: MeasureConfig, progress: tuple[str, int], guard: CellGuard,
-                   checkpointer: Checkpointer | None = None, scaler: Any = None) -> LoopResult:
+                   checkpointer: Checkpointer | None = None, scaler: Any = None,
+                   probe: Callable[[], Any] | None = None) -> LoopResult:
     """Run optimizer steps 0..steps-1 (resuming after the last checkpoint of `checkpointer`), measuring the window.
 
     `step_fn(step)` runs the forward and backward of every micro-batch of step `step` (gradients accumulated, not
@@ -125,7 +143,9 @@ def train_measured(step_fn: Callable[[int], StepWork], *, section: str, model: t
     `progress` = (curve column, amount per step), e.g. ("tokens", batch x seq_len): the curve records the
     cumulative count. `scaler` (a torch.amp.GradScaler, float16 compute): `step_fn` backpropagates scaled losses,
     the loop unscales before clipping and lets the scaler skip steps whose gradients overflowed. Under several
-    processes every rank calls this; rank 0 saves checkpoints.
+    processes every rank calls this; rank 0 saves checkpoints. After the loop, outside the window, `probe` (one
+    micro-batch's forward, returning anything) is run once under a saved-tensors hook for the activation bytes of
+    the memory anatomy (None: not measured, e.g. under FSDP, whose forward is a collective).
     """
     device = dist.device
     timer = StepTimer(sync=lambda: synchronize(device))
@@ -176,21 +196,26 @@ def train_measured(step_fn: Callable[[int], StepWork], *, section: str, model: t
             guard.check(step)
     payloads = dist.gather(window_payload(window.result, dist))
     win = aggregate_windows(payloads) if payloads else window.result  # rank 0: every device; others: their own
+    activations = saved_activation_bytes(probe, model) if probe is not None else None
     return LoopResult(curve=curve, start=start, window_start=window_start, window=win,
                       step_s=timer.samples[window_start - start:], tokens=tokens, computed_tokens=computed,
-                      checkpoint_s=checkpoint_s,
+                      checkpoint_s=checkpoint_s, memory=training_anatomy(model, optimizer, activations),
                       per_device=per_device_summary(payloads) if payloads and dist.distributed else None)
 
 
 def training_columns(result: LoopResult, *, flops_per_token: float, peak_total: float | None, dist: DistContext,
-                     warmup_steps: int) -> dict[str, Any]:
-    """The row columns every training cell has, from its loop: device, window, latency, MFU, tokens/s, tokens/J.
+                     warmup_steps: int, rss_baseline: float | None = None) -> dict[str, Any]:
+    """The row columns every training cell has, from its loop: device, window, latency, MFU, tokens/s, tokens/J,
+    memory anatomy.
 
     MFU counts the FLOPs of every computed position (padding included: the device ran them); tokens/s and
-    tokens/J count `result.tokens` (what the axis says a token is).
+    tokens/J count `result.tokens` (what the axis says a token is). One process on the CPU: the peak is the RSS
+    above `rss_baseline` (the process before the cell built its model); several processes keep the summed RSS
+    (each rank's runtime included) and leave `mem_other_bytes` unknown.
     """
     device = dist.device
-    window_s = result.window["window_s"]
+    window = result.window if dist.distributed else above_baseline(result.window, rss_baseline)
+    window_s = window["window_s"]
     achieved = flops_per_token * result.computed_tokens / window_s if window_s else None
     last = result.curve[-min(TRAIN_LOSS_LAST_STEPS, len(result.curve)):]
     return {
@@ -200,14 +225,15 @@ def training_columns(result: LoopResult, *, flops_per_token: float, peak_total: 
         "num_threads": num_threads(),
         "steps": len(result.step_s),
         "warmup_steps": warmup_steps,
-        **result.window,
+        **window,
+        **with_rest(result.memory, None if dist.distributed else window["peak_mem_bytes"]),
         "flops_per_token": flops_per_token,
         "achieved_flops_per_s": achieved,
         "peak_flops_per_s": peak_total,  # summed over devices, like achieved_flops_per_s
         "mfu": mfu(achieved, peak_total),
         **latency_columns(result.step_s),  # AL = mean s per optimizer step, p50/p90/p99, raw samples
         "tokens_per_s": metrics.tokens_per_s(result.tokens, window_s),
-        "tokens_per_j": metrics.tokens_per_j(result.tokens, result.window.get("energy_j")),
+        "tokens_per_j": metrics.tokens_per_j(result.tokens, window.get("energy_j")),
         "train_loss_final": sum(r["loss"] for r in last) / len(last),
     }
 

@@ -88,7 +88,8 @@ def test_missing_file_section_and_variant(tmp_path):
     p.write_text("prepare: {}\nvariants:\n  mha: {attention: gqa}\n")
     with pytest.raises(ConfigError, match=r"missing section \[pretrain\]"):
         load_section(p, "pretrain")
-    with pytest.raises(ConfigError, match=r"\[variants\] unknown variant 'mla' \(defined: mha\)"):
+    with pytest.raises(ConfigError,
+                       match=r"\[variants\] unknown variant 'mla' \(did you mean 'mha'\?\) \(defined: mha\)"):
         load_variant(p, "mla")
     p.write_text("prepare: {}\npretrian: {steps: 5}\n")
     with pytest.raises(ConfigError, match=r"unknown section 'pretrian'"):

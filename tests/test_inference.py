@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import energy_source_here
 from transformers import LlamaConfig
 
 from efficientllm import inference as inf
@@ -94,7 +95,8 @@ def test_latency_and_tracker_passes_on_a_tiny_model(tiny_model):
     tracked = inf.tracker_pass(tiny_model, prompts, max_new_tokens=3, device=CPU, warmup_runs=0, min_runs=2,
                                min_duration_s=0.0, max_runs=10, sample_interval_s=0.01, watts_per_core=4.0)
     assert tracked["requests"] == 2 and tracked["generated_tokens"] == 12
-    assert tracked["energy_source"] == "estimate" and tracked["energy_j"] > 0 and tracked["tokens_per_j"] > 0
+    assert tracked["energy_source"] == energy_source_here("cpu") and tracked["energy_j"] > 0
+    assert tracked["tokens_per_j"] > 0
     assert tracked["peak_mem_bytes"] > 0 and tracked["window_s"] > 0
 
 
@@ -133,13 +135,35 @@ def test_memory_budget_checks_one_request_at_the_computed_batch(tiny_model):
     weights = sum(p.numel() * 4 for p in tiny_model.parameters())
     budget = weights + kv * (6 + 3) * 5 + 1  # room for exactly 5 sequences of weights + KV cache
     mb = inf.memory_budget(tiny_model, prompts, max_new_tokens=3, device=CPU, weight_bytes=weights,
-                           kv_bytes_per_token=kv, budget_bytes=budget)
+                           kv_bytes_per_token=kv, budget_bytes=budget, sequence_s=0.01, max_check_s=20.0)
     assert mb.max_batch == 5
     extra = mb.extra()
     assert extra["max_batch"] == 5 and extra["max_batch_check_s"] > 0
+    assert extra["max_batch_checked_batch"] == 5 and extra["max_batch_check_method"] == "measured at the largest batch"
     if extra["max_batch_peak_bytes"] is not None:  # None where the kernel refuses to reset the RSS high-water mark
         assert extra["max_batch_peak_bytes"] >= weights and extra["max_batch_peak_source"] == "rss"
         assert isinstance(extra["max_batch_fits"], bool)
+
+
+def test_a_check_over_its_time_cap_runs_a_smaller_batch_and_scales_up(tiny_model, monkeypatch):
+    seen = []
+
+    def fake_check(model, prompts, **kwargs):  # 100 bytes of growth per sequence above the weights
+        seen.append(prompts.shape[0])
+        return {"max_batch_check_s": 0.1, "max_batch_peak_bytes": kwargs["weight_bytes"] + 100.0 * prompts.shape[0],
+                "max_batch_peak_source": "rss", "max_batch_fits": True, "max_batch_error": None}
+
+    monkeypatch.setattr(inf, "check_batch", fake_check)
+    prompts = torch.ones(2, 6, dtype=torch.long)
+    # room for 1000 sequences; 0.5 s per sequence: a request at 1000 would take 500 s, the cap allows 40 sequences
+    mb = inf.memory_budget(tiny_model, prompts, max_new_tokens=4, device=CPU, weight_bytes=1000.0,
+                           kv_bytes_per_token=1.0, budget_bytes=1000.0 + 10 * 1000 + 1, sequence_s=0.5,
+                           max_check_s=20.0)
+    extra = mb.extra()
+    assert mb.max_batch == 1000 and seen == [40] and extra["max_batch_checked_batch"] == 40
+    assert extra["max_batch_peak_bytes"] == 1000.0 + 100.0 * 1000 and extra["max_batch_checked_peak_bytes"] == 5000.0
+    assert extra["max_batch_fits"] is False  # 100 bytes per sequence measured, the budget allows 10
+    assert extra["max_batch_check_method"].startswith("measured at batch 40, scaled to 1000")
 
 
 def test_running_out_of_memory_at_the_computed_batch_is_an_answer(tiny_model, monkeypatch):

@@ -199,11 +199,12 @@ def test_cpu_utilization_from_fake_cpu_times():
     with util:
         pass
     assert util.result == {"pcu_ratio": 0.75, "pcu_source": "cpu_time"}
-    # more CPU time than threads x wall (other threads of the process) is clamped to 1
+    # more CPU time than threads x wall (threads the denominator does not count) shows: 5 / (2 x 1) = 2.5, not a
+    # clamped 1.0 that would hide the wrong denominator (the row's sanity checks flag a ratio above 1)
     util = compute.UtilizationTracker(CPU, threads=1, cpu_time=FakeClock([0.0, 5.0]), clock=FakeClock([0.0, 2.0]))
     with util:
         pass
-    assert util.pcu_ratio == 1.0
+    assert util.pcu_ratio == 2.5
 
 
 def test_gpu_utilization_time_weighted_from_fake_nvml_sensor():

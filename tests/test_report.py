@@ -111,7 +111,7 @@ LEADERBOARD_COLUMNS = {
         rank rev stage board cell technique attention positional mlp family n_params n_active_params n_trials
         quality_metric energy_source quality_value quality_ci95 amu_bytes pcu_ratio mfu al_s latency_s_p50
         latency_s_p99 tt_tokens_per_param_s tokens_per_s aec_w energy_j_per_token peak_mem_bytes
-        kv_cache_bytes_per_token cost_usd_per_mtok co2_g_per_mtok al_s_ci95 quality_score amu_bytes_rank
+        kv_cache_bytes_per_token model_mem_bytes cost_usd_per_mtok co2_g_per_mtok al_s_ci95 quality_score amu_bytes_rank
         amu_bytes_score pcu_ratio_rank pcu_ratio_score al_s_rank al_s_score tt_tokens_per_param_s_rank
         tt_tokens_per_param_s_score aec_w_rank aec_w_score quality_vs_mha amu_bytes_vs_mha peak_mem_bytes_vs_mha
         al_s_vs_mha tokens_per_s_vs_mha aec_w_vs_mha energy_j_per_token_vs_mha kv_cache_bytes_per_token_vs_mha
@@ -119,7 +119,7 @@ LEADERBOARD_COLUMNS = {
     "finetune": """
         rank rev stage board cell method task n_params n_trainable_params n_trials quality_metric energy_source
         quality_value quality_ci95 amu_bytes pcu_ratio mfu al_s latency_s_p50 latency_s_p99 st_samples_per_param_s
-        tokens_per_s aec_w energy_j_per_token peak_mem_bytes cost_usd_per_mtok co2_g_per_mtok al_s_ci95
+        tokens_per_s aec_w energy_j_per_token peak_mem_bytes model_mem_bytes cost_usd_per_mtok co2_g_per_mtok al_s_ci95
         quality_score amu_bytes_rank amu_bytes_score pcu_ratio_rank pcu_ratio_score al_s_rank al_s_score
         st_samples_per_param_s_rank st_samples_per_param_s_score aec_w_rank aec_w_score quality_vs_full
         amu_bytes_vs_full peak_mem_bytes_vs_full al_s_vs_full st_samples_per_param_s_vs_full tokens_per_s_vs_full
@@ -127,7 +127,7 @@ LEADERBOARD_COLUMNS = {
     "quantize": """
         rank rev stage board cell precision model n_params nominal_bits n_trials quality_metric energy_source
         quality_value quality_ci95 amu_bytes pcu_ratio al_s latency_s_p50 latency_s_p99 it_tokens_per_s ttft_s_p50
-        tpot_s_p50 aec_w energy_j_per_token peak_mem_bytes model_size_bytes mcr_nominal mcr_measured
+        tpot_s_p50 aec_w energy_j_per_token peak_mem_bytes model_size_bytes model_mem_bytes mcr_nominal mcr_measured
         cost_usd_per_mtok co2_g_per_mtok al_s_ci95 quality_score amu_bytes_rank amu_bytes_score pcu_ratio_rank
         pcu_ratio_score al_s_rank al_s_score it_tokens_per_s_rank it_tokens_per_s_score aec_w_rank aec_w_score
         mcr_nominal_rank mcr_nominal_score quality_vs_bf16 amu_bytes_vs_bf16 peak_mem_bytes_vs_bf16 al_s_vs_bf16
@@ -491,3 +491,15 @@ def test_cli_sql_names_a_corrupt_row_file(rows_root, capsys):
     bad.write_text('{"axis": "pretrain", "status": "ok", "n_params": "many"}')
     code, _, err = _sql(capsys, "SELECT 1", "--rows", _glob(rows_root))
     assert code == 2 and str(bad) in err and "n_params" in err
+
+
+def test_estimated_energy_is_marked_next_to_the_number(tmp_path):
+    """An energy estimate (no NVML / RAPL) is marked `est.` in the tables; a meter reading is not."""
+    rows = tmp_path / "rows"
+    _write(rows, "results/pretrain/mha", cell="mha", technique="mha", quality_value=20.0, al_s=0.2, aec_w=8.0,
+           energy_source="estimate")
+    _write(rows, "results/pretrain/mqa", cell="mqa", technique="mqa", quality_value=21.0, al_s=0.2, aec_w=7.0,
+           energy_source="rapl")
+    md = build.build_report(_glob(rows), tmp_path / "reports")["index"].read_text()
+    table = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| ") and " | m" in line}
+    assert "8.00 est." in table["mha"] and "est." not in table["mqa"], table

@@ -84,7 +84,7 @@ class UtilizationTracker:
         if self.sampler is not None:
             self.sampler.__exit__(*exc)
             mean = time_weighted_mean(self.sampler.series[0], ratio=True)
-            self.pcu_ratio = None if mean is None else min(max(mean, 0.0), 1.0)
+            self.pcu_ratio = None if mean is None else max(mean, 0.0)  # NVML reports 0-100 %: no clamp needed
         elif self.source == "cpu_time":
             wall, cpu = self.clock() - self._wall0, self.cpu_time() - self._cpu0
             self.pcu_ratio = cpu_utilization(cpu, wall, self._threads)
@@ -95,10 +95,12 @@ class UtilizationTracker:
 
 
 def cpu_utilization(cpu_s: float, wall_s: float, threads: int) -> float | None:
-    """CPU seconds / (wall seconds x threads), clamped to [0, 1]; None for an empty window."""
+    """CPU seconds / (wall seconds x threads); None for an empty window. Not clamped: a ratio above 1 means the
+    process ran more threads than the denominator counts (a wrong denominator), which the row's sanity checks
+    flag instead of hiding."""
     if wall_s <= 0 or threads <= 0:
         return None
-    return min(max(cpu_s / (wall_s * threads), 0.0), 1.0)
+    return max(cpu_s / (wall_s * threads), 0.0)
 
 
 def mfu(achieved_flops_per_s: float | None, peak: float | dict[str, Any] | None) -> float | None:

@@ -212,15 +212,27 @@ class Phases:
         self.clock = clock
         self.stream = stream
         self.seconds: dict[str, float] = {}
+        self._open: tuple[str, float] | None = None
+
+    def start(self, name: str) -> None:
+        """End the phase running (if any) and start `name`: for straight-line code (`phases.start("train")`)."""
+        import sys
+
+        self.stop()
+        print(f"{self.label}: {name} ...", file=self.stream if self.stream is not None else sys.stderr, flush=True)
+        self._open = (name, self.clock())
+
+    def stop(self) -> None:
+        """End the phase running, if any."""
+        if self._open is not None:
+            name, start = self._open
+            self.seconds[f"{name.replace(' ', '_')}_s"] = self.clock() - start
+            self._open = None
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        import sys
-
-        out = self.stream if self.stream is not None else sys.stderr
-        print(f"{self.label}: {name} ...", file=out, flush=True)
-        start = self.clock()
+        self.start(name)
         try:
             yield
         finally:
-            self.seconds[f"{name.replace(' ', '_')}_s"] = self.clock() - start
+            self.stop()

@@ -73,7 +73,12 @@ LEGEND = """\
   (fine-tuning), generated tokens / s (inference). **TPOT**: median time per output token.
 - **AEC**: average energy consumption, joules ÷ seconds over the window (mean power, W); **energy per token**:
   joules per processed token. The energy source of each cell (`nvml`, `rapl` or `estimate`) is in the CSVs;
-  an estimate is labelled as one in every figure.
+  an estimate (CPU time × watts per core: a rescaled PCU, not a measurement) is marked `est.` next to the number
+  and in every figure, and no energy claim is judged on it.
+- **model memory**: what the memory claims compare: the allocator's peak on a GPU, the counted tensors on a CPU
+  (weights + gradients + optimizer state + saved activations + KV cache: the memory anatomy), whose process
+  RSS is mostly the runtime's libraries. **peak memory** on a CPU is the RSS above the process before the model
+  was built (`rss_delta`).
 - **MCR**: model compression rate = (size of bf16 ÷ size) × (quality ÷ quality of bf16), from nominal bits per
   weight; the measured-bytes MCR is on the quantize page.
 - **cost / CO2 per million tokens**: from the USER-SET price per device-hour and grid intensity (see
@@ -101,6 +106,8 @@ def _value(row: dict[str, Any] | None, with_rank: bool = False) -> str:
     if row is None or row["mean"] is None:
         return "—"
     text = tables.mean_ci(row["mean"], row["ci95"], row["unit"] or "")
+    if row.get("energy_estimated") and row["metric"] in claims.ENERGY_METRICS:
+        text += " est."  # an estimate, not a meter reading: marked next to the number
     return f"{text} ({row['rank']})" if with_rank and row["rank"] is not None else text
 
 
@@ -393,7 +400,7 @@ def build_report(row_files: views.RowFiles, out_dir: str | os.PathLike, title: s
             paths[f"figure:{f.path.name}"] = f.path
 
         axes_with_rows = {a for (a,) in con.execute("SELECT DISTINCT axis FROM latest").fetchall()}
-        boards = _group(tables.records(con, "SELECT * FROM scores WHERE rev = 'workspace'"))
+        boards = _group(tables.records(con, views.query("report/scores_shown")))
         catalog = _catalog(con)
         for axis, axis_title in AXES:
             if axis in axes_with_rows:

@@ -15,6 +15,12 @@
 --   quality_higher_is_better  false when quality_metric names a perplexity, loss, bits-per-byte or error rate.
 --   throughput_tokens_per_s   tokens_per_s; for quantize the generated tokens per second (it_tokens_per_s).
 --   energy_j_per_token        1 / tokens_per_j, else aec_w / throughput_tokens_per_s.
+--   energy_measured           the joules come from a meter (energy_source nvml or rapl), not an estimate.
+--   tensor_mem_bytes          the memory anatomy's counted tensors: weights + gradients + optimizer state +
+--                             saved activations + KV cache (null when a part is unknown).
+--   model_mem_bytes           the memory a comparison of techniques rests on: on a GPU the allocator's peak
+--                             (peak_mem_bytes, source torch), elsewhere tensor_mem_bytes (the CPU's RSS is mostly
+--                             the runtime's libraries); model_mem_source says which.
 --   nominal_bits              quantize: extra.nominal_bits, else 32 / 16 / 8 / 4 from the precision slug.
 --   mcr_nominal, mcr_measured quantize: the paper's MCR against the bf16 cell of the same (rev, stage, board):
 --                   (size_bf16 / size) x (quality / quality_bf16), with the quality ratio flipped for a
@@ -54,6 +60,9 @@ grouped AS (
         concat_ws(' · ', size_group, task) AS board,
         technique_key = baseline OR cell = baseline AS is_baseline,
         coalesce(1.0 / nullif(tokens_per_j, 0), aec_w / nullif(throughput_tokens_per_s, 0)) AS energy_j_per_token,
+        coalesce(energy_source IN ('nvml', 'rapl'), false) AS energy_measured,
+        mem_weights_bytes + mem_grads_bytes + mem_optimizer_bytes + mem_activations_bytes + mem_kv_cache_bytes
+            AS tensor_mem_bytes,
         CASE WHEN axis = 'quantize' THEN coalesce(
             TRY_CAST(extra ->> '$.nominal_bits' AS DOUBLE),
             CASE lower(technique_key)
@@ -63,6 +72,14 @@ grouped AS (
         ) END AS nominal_bits
     FROM keyed
 ),
+sourced AS (
+    SELECT
+        *,
+        CASE WHEN peak_mem_source = 'torch' THEN peak_mem_bytes ELSE tensor_mem_bytes END AS model_mem_bytes,
+        CASE WHEN peak_mem_source = 'torch' THEN 'torch' WHEN tensor_mem_bytes IS NOT NULL THEN 'tensors' END
+            AS model_mem_source
+    FROM grouped
+),
 referenced AS (
     SELECT
         *,
@@ -70,7 +87,7 @@ referenced AS (
         avg(CASE WHEN is_baseline AND status = 'ok' THEN model_size_bytes END) OVER board_w
             AS baseline_model_size_bytes,
         avg(CASE WHEN is_baseline AND status = 'ok' THEN nominal_bits END) OVER board_w AS baseline_nominal_bits
-    FROM grouped
+    FROM sourced
     WINDOW board_w AS (PARTITION BY rev, stage, board)
 ),
 ratios AS (

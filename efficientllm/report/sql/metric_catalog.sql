@@ -21,6 +21,7 @@ WITH common(metric, label, unit, higher_is_better, radar, position, leaderboard_
         ('aec_w', 'AEC', 'W', false, true, 50, 50, 50),
         ('energy_j_per_token', 'energy per token', 'J/token', false, false, 51, 51, 60),
         ('peak_mem_bytes', 'peak memory', 'bytes', false, false, 60, 60, 20),
+        ('model_mem_bytes', 'model memory', 'bytes', false, false, 63, 63, NULL),
         ('cost_usd_per_mtok', 'cost†', 'USD/Mtoken', false, false, 80, 80, NULL),
         ('co2_g_per_mtok', 'CO2†', 'gCO2/Mtoken', false, false, 81, 81, NULL)
 ),
