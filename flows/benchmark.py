@@ -15,9 +15,10 @@ DVC defines the work and is the cache of record; this flow only schedules it and
   the cell as stale: nothing is committed to dvc.lock), cells that need its outputs are `Blocked`,
   every other cell goes on, and the flow's final state names the failures;
 - the report (the stage with `meta: {report: reports/index.md}`) is brought up to date on every
-  flow run and published as the markdown artifact `efficientllm-report`; every cell's key figures
-  are logged as it finishes and collected in the table artifact `efficientllm-cells`, and the
-  progress artifact `efficientllm-progress` counts the cells done.
+  flow run and published as the markdown artifact `efficientllm-report`, its axis pages as
+  `efficientllm-report-<axis>` (figures embedded, links that open in the UI: flows.artifacts); every
+  cell's key figures are logged as it finishes and collected in the table artifact `efficientllm-cells`,
+  and the progress artifact `efficientllm-progress` counts the cells done.
 
 Parameters choose *what* runs (stages, a glob over cell names, a params profile), never numbers.
 With `remote=True` each cell pulls what it needs from the project's default DVC remote
@@ -53,8 +54,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.settings import PREFECT_UI_URL
 from prefect.states import Completed, Failed, State
 
+from flows.artifacts import publish_report
 from flows.dvc_graph import Cell, DvcError, Pipeline, dvc_command, dvc_env, missing_deps, read_pipeline, stale
 
 FLOW_NAME = "efficientllm-benchmark"
@@ -393,15 +396,20 @@ def _summary(cells: list[Cell], outcomes: dict[str, dict[str, Any]]) -> dict[str
 
 
 def _publish(root: Path, pipeline_cells: list[Cell], summary: dict[str, Any]) -> None:
-    """The report (as markdown) and a table of this run's cells, as artifacts of the flow run."""
+    """The report and a table of this run's cells, as artifacts of the flow run.
+
+    The report's pages are published by flows.artifacts: figures embedded as data URIs, links to the axis
+    pages' own artifacts (or plain text), so the UI shows what the files show.
+    """
     report = next((c.report_path for c in pipeline_cells if c.report_path), None)
-    text = None
+    footer = f"\n\n---\nFlow run: {summary['message']}\n"
+    description = f"{report}: the leaderboard after this flow run"
     if report and (root / report).exists():
-        text = (root / report).read_text(encoding="utf-8")
-    if text is None:
+        publish_report(root / report, REPORT_ARTIFACT_KEY, PREFECT_UI_URL.value(), footer=footer,
+                       description=description)
+    else:
         text = f"# efficientllm\n\nNo report yet ({report or 'no report stage in dvc.yaml'} not built)."
-    create_markdown_artifact(markdown=f"{text}\n\n---\nFlow run: {summary['message']}\n", key=REPORT_ARTIFACT_KEY,
-                             description=f"{report}: the leaderboard after this flow run")
+        create_markdown_artifact(markdown=text + footer, key=REPORT_ARTIFACT_KEY, description=description)
     table = [{"cell": o["cell"], "outcome": o["outcome"], **o["figures"],
               "error": (o["error"] or "").splitlines()[0] if o["error"] else None,
               "duration_s": o["duration_s"]} for o in summary["outcomes"]]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -194,6 +195,14 @@ def test_flow_runs_stale_cells_records_a_failure_then_skips_everything(prefect_a
     assert report["type"] == "markdown"
     assert report["data"].startswith((repo / "reports/index.md").read_text()[:200])
     assert "gqa2" in report["data"] and "1 failed" in report["data"]
+    # ... as the UI can show it: figures embedded, links to the server's UI (here: the pretrain page's artifact)
+    page = arts[f"{REPORT_ARTIFACT_KEY}-pretrain"]
+    page_url = f"{url.removesuffix('/api')}/artifacts/artifact/{page['id']}"
+    targets = re.findall(r"(!?)\[[^\]\n]*\]\(([^)\s]*)\)", report["data"] + page["data"])
+    assert any(bang for bang, _ in targets), "no figure in the published report"
+    for bang, target in targets:  # iVBORw0KGgo: the base64 of the PNG signature
+        assert target.startswith("data:image/png;base64,iVBORw0KGgo" if bang else url.removesuffix("/api")), target
+    assert f"]({page_url})" in report["data"]
     table = json.loads(arts[CELLS_ARTIFACT_KEY]["data"]) if isinstance(arts[CELLS_ARTIFACT_KEY]["data"], str) \
         else arts[CELLS_ARTIFACT_KEY]["data"]
     by_cell = {r["cell"]: r for r in table}
