@@ -50,11 +50,25 @@ class MatrixConfig:
     """Precision slugs of the `quantize_sft` stage (the fine-tuned model); empty: no such cells."""
     quantize_hub: tuple[str, ...] = ()
     """Hub model slugs (keys of `quantize_hub.models`) of the `quantize_hub` stage; empty: no such cells."""
+    pretrain_vision: tuple[str, ...] = ()
+    """DiT recipe slugs of the `pretrain_vision` stage, each defined in `vision_variants`; empty: no such cells."""
+    finetune_vision: tuple[str, ...] = ()
+    """Method slugs (efficientllm.techniques.METHODS, not qlora) of the `finetune_vision` stage (the pretrained DiT
+    adapted to the held-out classes); empty: no such cells."""
+    finetune_vlm: tuple[str, ...] = ()
+    """Hub VLM slugs (keys of `finetune_vlm.models`) of the `finetune_vlm` stage; empty: no such cells."""
+    finetune_vlm_methods: tuple[str, ...] = ("lora",)
+    """Method slugs of the `finetune_vlm` stage (the matrix is models x methods)."""
+
+    VISION_KEYS: ClassVar[tuple[str, ...]] = ("pretrain_vision", "finetune_vision", "finetune_vlm",
+                                              "finetune_vlm_methods")
+    """The vision axis' keys (efficientllm.vision); every one may be empty."""
 
     def __post_init__(self) -> None:
-        for stage in ("pretrain", "finetune_methods", "finetune_datasets", "quantize", "quantize_sft", "quantize_hub"):
+        for stage in ("pretrain", "finetune_methods", "finetune_datasets", "quantize", "quantize_sft", "quantize_hub",
+                      *self.VISION_KEYS):
             slugs = getattr(self, stage)
-            if not slugs and stage not in ("quantize_sft", "quantize_hub"):
+            if not slugs and stage not in ("quantize_sft", "quantize_hub", *self.VISION_KEYS):
                 raise ConfigError(f"[matrix] {stage}: the list is empty")
             for slug in slugs:
                 if not SLUG_RE.match(slug):
@@ -503,6 +517,218 @@ class ClozeConfig:
     """Seed of cut positions, distractors and choice order."""
 
 
+@dataclass(frozen=True)
+class VisionConfig:
+    """The vision axis' images (stage `prepare_vision`): where they come from and the seeded split."""
+
+    source: str = field(default="digits", metadata=_meta(choices=("digits", "image_folder", "hub")))
+    """digits: scikit-learn's UCI handwritten digits (1,797 labelled 8x8 images, shipped with scikit-learn:
+    offline); image_folder: `path`/<class name>/<image files> (CIFAR-10 / ImageNet-style folders); hub: a
+    `datasets` image dataset, `hub_id` (+ `hub_revision`) or a local dataset folder (needs network for a hub id)."""
+    path: str | None = None
+    """image_folder: the root folder (one sub-folder per class, sorted names = class ids)."""
+    hub_id: str | None = None
+    """hub: dataset id (e.g. uoft-cs/cifar10) or a local folder `datasets.load_dataset` reads."""
+    hub_revision: str | None = None
+    """hub: commit sha that pins the images (None: main)."""
+    hub_split: str = "train"
+    """hub: split read."""
+    image_column: str = "img"
+    """hub: the column holding the images."""
+    label_column: str = "label"
+    """hub: the column holding the integer class labels."""
+    image_size: int = field(default=8, metadata=_meta(min=4))
+    """Side of the square images the DiT sees (resized; digits are 8 natively)."""
+    channels: int = field(default=1, metadata=_meta(choices=(1, 3)))
+    """1: greyscale (digits), 3: RGB."""
+    max_images: int | None = field(default=None, metadata=_meta(min=2))
+    """Cap on images read (None: all)."""
+    val_fraction: float = field(default=0.2, metadata=_meta(min=0.0, max=0.5, min_exclusive=True))
+    """Share of every class held out (stratified, seeded): the classifier's check and the FD reference set."""
+    heldout_classes: tuple[int, ...] = (8, 9)
+    """Classes kept out of pretraining: `finetune_vision` adapts the pretrained DiT to them (empty: none)."""
+    seed: int = 1234
+    """Seed of the split."""
+
+
+@dataclass(frozen=True)
+class VisionEvalConfig:
+    """How generated images are judged (stages `vision_classifier`, `pretrain_vision`, `finetune_vision`)."""
+
+    classifier_hidden: int = field(default=64, metadata=_meta(min=2))
+    """Width of the feature classifier's two hidden layers; the second one's activations are the Fréchet
+    distance's feature space."""
+    classifier_epochs: int = field(default=300, metadata=_meta(min=1))
+    """Full-batch Adam epochs of the classifier on the training split (seconds on a CPU)."""
+    classifier_lr: float = field(default=0.01, metadata=_meta(min=0.0, min_exclusive=True))
+    """Its learning rate."""
+    seed: int = 1234
+    """Seed of the classifier init and of sampling (the same noise for every cell)."""
+    fd_backend: str = field(default="classifier", metadata=_meta(choices=("classifier", "torchmetrics")))
+    """classifier: Fréchet distance in the classifier's feature space (quality_metric `fd_<dataset>`, e.g.
+    fd_digits; not FID); torchmetrics: the standard Inception FID (torchmetrics' FrechetInceptionDistance; needs
+    torchmetrics + torch-fidelity and the Inception weights, i.e. network once), quality_metric `fid`."""
+    fid_feature: int = field(default=2048, metadata=_meta(choices=(64, 192, 768, 2048)))
+    """torchmetrics: the Inception layer of the FID features (2048: the standard FID)."""
+    samples_per_class: int = field(default=40, metadata=_meta(min=2))
+    """Images generated per class for the FD and the per-class accuracy."""
+    reference_per_class: int | None = field(default=None, metadata=_meta(min=2))
+    """Real held-out images per class in the FD reference set (None: all of the validation split)."""
+    sample_steps: int = field(default=25, metadata=_meta(min=1))
+    """DDIM sampling steps (diffusers DDIMScheduler, eta 0: deterministic given the noise)."""
+    guidance_scale: float = field(default=1.0, metadata=_meta(min=0.0))
+    """Classifier-free guidance scale (1.0: plain conditional sampling, no second forward)."""
+    sample_batch_size: int = field(default=256, metadata=_meta(min=1))
+    """Images per sampling forward."""
+    grid_per_class: int = field(default=8, metadata=_meta(min=1))
+    """Samples per class in the PNG grid saved next to each row."""
+
+
+def _default_dit_targets() -> tuple[str, ...]:
+    return ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "norm1.linear")
+
+
+@dataclass(frozen=True)
+class DiTConfig(TrainingConfig):
+    """The vision training sections' shared recipe keys (`pretrain_vision`, `finetune_vision`)."""
+
+    SECTION: ClassVar[str] = "dit"
+    batch_size: int = field(default=64, metadata=_meta(min=1))
+    """Images per optimizer step, the same for every cell."""
+    steps: int = field(default=200, metadata=_meta(min=1))
+    """Optimizer steps."""
+    lr: float = field(default=1e-3, metadata=_meta(min=0.0, min_exclusive=True))
+    """Peak AdamW learning rate (fine-tuning: of the adapter methods)."""
+    min_lr_ratio: float = field(default=0.1, metadata=_meta(min=0.0, max=1.0))
+    """Cosine schedule floor as a fraction of the peak."""
+    lr_warmup_steps: int = field(default=10, metadata=_meta(min=0))
+    """Linear learning-rate warm-up steps."""
+    weight_decay: float = field(default=0.0, metadata=_meta(min=0.0))
+    """AdamW weight decay on matrices."""
+    measure_warmup_steps: int = field(default=5, metadata=_meta(min=0))
+    """Steps excluded from the measured window (same shapes as the timed steps)."""
+    dtype: str = field(default="auto", metadata=_meta(choices=("auto", "float32", "bfloat16")))
+    """bfloat16 autocast (fp32 weights), float32, or auto (bf16 on a CUDA device that supports it)."""
+
+
+@dataclass(frozen=True)
+class PretrainVisionConfig(DiTConfig):
+    """`pretrain_vision@<variant>`: a class-conditional DiT (diffusers' DiTTransformer2DModel) trained from scratch
+    with DDPM noise prediction; every variant gets the same data, budget, seed, schedule and window."""
+
+    SECTION: ClassVar[str] = "pretrain_vision"
+    patch_size: int = field(default=2, metadata=_meta(min=1))
+    """Patch side: an image is (image_size / patch_size)^2 tokens."""
+    hidden_size: int = field(default=64, metadata=_meta(min=8))
+    """Model width (heads x head_dim)."""
+    num_layers: int = field(default=2, metadata=_meta(min=1))
+    """DiT blocks."""
+    num_attention_heads: int = field(default=4, metadata=_meta(min=1))
+    """Query heads (head_dim = hidden_size / heads)."""
+    train_timesteps: int = field(default=1000, metadata=_meta(min=10))
+    """DDPM diffusion steps of training (diffusers DDPMScheduler)."""
+    beta_schedule: str = field(default="squaredcos_cap_v2",
+                               metadata=_meta(choices=("linear", "scaled_linear", "squaredcos_cap_v2")))
+    """DDPM noise schedule."""
+    prediction_type: str = field(default="sample", metadata=_meta(choices=("epsilon", "sample", "v_prediction")))
+    """What the DiT predicts from a noised image: the noise (epsilon, DDPM), the clean image (sample: x0, which
+    converges in far fewer steps at this size) or the velocity (v_prediction); diffusers' schedulers take each."""
+    class_dropout: float = field(default=0.1, metadata=_meta(min=0.0, max=1.0))
+    """Share of labels replaced by the null class in training (enables classifier-free guidance)."""
+
+
+@dataclass(frozen=True)
+class FinetuneVisionConfig(DiTConfig):
+    """`finetune_vision@<method>`: the pretrained DiT adapted to the held-out classes with one PEFT method (the
+    text axis' METHODS through peft), same batch, steps, seed and window for every method."""
+
+    SECTION: ClassVar[str] = "finetune_vision"
+    PEFT_TASK_TYPE: ClassVar[str | None] = None
+    """peft task type of the LoRA methods: none (a plain PeftModel around the diffusers model)."""
+    base_model: str = "models/pretrain_vision/mha"
+    """The pretrained DiT every method starts from (a `pretrain_vision` out)."""
+    steps: int = field(default=60, metadata=_meta(min=1))
+    """Optimizer steps."""
+    full_lr: float = field(default=5e-4, metadata=_meta(min=0.0, min_exclusive=True))
+    """Peak learning rate of the methods that update base weights (full, freeze)."""
+    lora_r: int = field(default=4, metadata=_meta(min=1))
+    """Adapter rank of every LoRA-family method."""
+    lora_alpha: int = field(default=8, metadata=_meta(min=1))
+    """LoRA alpha (update scaled by alpha / r; rslora: alpha / sqrt(r))."""
+    lora_dropout: float = field(default=0.0, metadata=_meta(min=0.0, max=1.0))
+    """Dropout on the adapter input."""
+    target_modules: tuple[str, ...] = field(default_factory=_default_dit_targets)
+    """DiT modules that get adapters (diffusers names: attention q / k / v / out, both feed-forward layers and the
+    adaLN modulation `norm1.linear`, through which the class embedding conditions each block)."""
+    loraplus_lr_ratio: float = field(default=16.0, metadata=_meta(min=1.0))
+    """LoRA+: learning rate of B / that of A."""
+    pissa_init: str = "pissa"
+    """PiSSA initialisation: pissa (exact SVD) or pissa_niter_<n>."""
+    freeze_trainable_blocks: int = field(default=1, metadata=_meta(min=0))
+    """freeze: the last N DiT blocks train, with the output head (adaLN modulation + patch projection)."""
+    freeze_train_head: bool = True
+    """freeze: the output head trains too (the DiT has no tied input embedding, so this is a frozen stack)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.target_modules:
+            raise ConfigError("[finetune_vision] target_modules: the list is empty")
+        if not re.fullmatch(r"pissa(_niter_[1-9][0-9]*)?", self.pissa_init):
+            raise ConfigError(f"[finetune_vision] pissa_init: {self.pissa_init!r} is not pissa or pissa_niter_<n>")
+
+
+def _default_vlm_targets() -> tuple[str, ...]:
+    return ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class FinetuneVLMConfig(DiTConfig):
+    """`finetune_vlm@<model>-<method>`: a hub vision-language model (Qwen2.5-VL, SmolVLM, ...) fine-tuned on image
+    + text SFT rows with the loss on the answer tokens; no cells in the default profile (needs network)."""
+
+    SECTION: ClassVar[str] = "finetune_vlm"
+    models: dict[str, Any] = field(default_factory=dict)
+    """Model slug -> {id: <hub id or local folder>, revision: <commit sha, or null>}."""
+    data: str = "data/vision/vlm"
+    """Folder with train.jsonl / eval.jsonl of {image: <file, relative to the folder>, question, answer}."""
+    steps: int = field(default=30, metadata=_meta(min=1))
+    """Optimizer steps."""
+    batch_size: int = field(default=2, metadata=_meta(min=1))
+    """Rows per optimizer step."""
+    lr: float = field(default=1e-4, metadata=_meta(min=0.0, min_exclusive=True))
+    """Peak learning rate of the adapter methods."""
+    full_lr: float = field(default=1e-5, metadata=_meta(min=0.0, min_exclusive=True))
+    """Peak learning rate of full / freeze."""
+    max_seq_len: int = field(default=512, metadata=_meta(min=16))
+    """Tokens per row (image tokens included); longer rows fail with the row named."""
+    eval_examples: int = field(default=16, metadata=_meta(min=1))
+    """Held-out rows for the eval loss."""
+    lora_r: int = field(default=8, metadata=_meta(min=1))
+    """Adapter rank."""
+    lora_alpha: int = field(default=16, metadata=_meta(min=1))
+    """LoRA alpha."""
+    lora_dropout: float = field(default=0.0, metadata=_meta(min=0.0, max=1.0))
+    """Adapter dropout."""
+    target_modules: tuple[str, ...] = field(default_factory=_default_vlm_targets)
+    """Language-model projections that get adapters (the vision tower stays frozen for the adapter methods)."""
+    loraplus_lr_ratio: float = field(default=16.0, metadata=_meta(min=1.0))
+    """LoRA+: learning rate of B / that of A."""
+    pissa_init: str = "pissa_niter_4"
+    """PiSSA initialisation (a fast randomised SVD: hub models are large)."""
+    freeze_trainable_blocks: int = field(default=2, metadata=_meta(min=0))
+    """freeze: the last N language-model blocks train (with the final norm and an untied LM head)."""
+    freeze_train_head: bool = False
+    """freeze: train a tied LM head too."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for slug, spec in self.models.items():
+            if not isinstance(slug, str) or not SLUG_RE.match(slug):
+                raise ConfigError(f"[finetune_vlm] models: bad slug {slug!r} (lowercase letters, digits, - and _)")
+            if not isinstance(spec, Mapping) or not isinstance(spec.get("id"), str):
+                raise ConfigError(f"[finetune_vlm] models.{slug}: expected {{id: ..., revision: ...}}, got {spec!r}")
+
+
 SECTIONS: dict[str, type] = {
     "matrix": MatrixConfig,
     "prepare": PrepareConfig,
@@ -516,8 +742,13 @@ SECTIONS: dict[str, type] = {
     "quantize_hub": QuantizeHubConfig,
     "eval": EvalConfig,
     "cloze": ClozeConfig,
+    "vision": VisionConfig,
+    "vision_eval": VisionEvalConfig,
+    "pretrain_vision": PretrainVisionConfig,
+    "finetune_vision": FinetuneVisionConfig,
+    "finetune_vlm": FinetuneVLMConfig,
 }
-FREE_SECTIONS = ("variants",)
+FREE_SECTIONS = ("variants", "vision_variants")
 """Params sections without a dataclass (each recipe is checked by `load_variant` and the model that builds it)."""
 
 

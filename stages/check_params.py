@@ -3,10 +3,11 @@
 DVC deletes a stage's outputs before it runs the stage's command. A bad edit caught only by the stage itself
 (an unknown key, a misspelt slug) would cost the user that cell's model and row until the next good
 `dvc repro`. This stage is upstream of every other one: it parses every section, checks that every matrix
-slug is defined (recipes in `variants`, datasets, hub models, methods, precisions) and that every pretraining
-recipe builds, and fails with one line naming the key and the nearest valid name; then nothing downstream
-runs and every existing output stays in place. Its out, data/params_checked.json, lists only the sections
-checked (no values), so a params change re-runs just the stages that read the changed section.
+slug is defined (recipes in `variants` and `vision_variants`, datasets, hub models, methods, precisions) and that
+every pretraining recipe (text and DiT) builds, and fails with one line naming the key and the nearest valid
+name; then nothing downstream runs and every existing output stays in place. Its out,
+data/params_checked.json, lists only the sections checked (no values), so a params change re-runs just the
+stages that read the changed section.
 
     python -m stages.check_params
 """
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from efficientllm.models.baselines import resolve_recipe
     from efficientllm.techniques import METHODS
     from efficientllm.techniques.quantization import PRECISIONS
+    from efficientllm.vision.recipes import check_vision
 
     params = read_params(args.params)
     parsed = check_references(params, args.params)
@@ -50,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
             resolve_recipe(dataclasses.asdict(base), dict(params["variants"][slug] or {}), data)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"[variants] {slug}: {e}") from None
-    atomic_write_text(OUT, json.dumps({"checked": sorted([*parsed, "variants"])}, indent=1) + "\n")
-    print(f"params: {len(parsed) + 1} sections checked, {len(matrix.pretrain)} recipes build")
+    n_dit = check_vision(params, parsed, METHODS)  # the vision axis' matrices and DiT recipes
+    checked = sorted([*parsed, "variants", *(["vision_variants"] if "vision_variants" in params else [])])
+    atomic_write_text(OUT, json.dumps({"checked": checked}, indent=1) + "\n")
+    print(f"params: {len(checked)} sections checked, {len(matrix.pretrain)} recipes and {n_dit} DiT recipes build")
     return 0
 
 

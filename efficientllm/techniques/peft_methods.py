@@ -32,15 +32,18 @@ def lora_config(cfg: FinetuneConfig, **overrides: Any):
     """The peft LoraConfig of the shared LoRA recipe (rank, alpha, dropout, target modules), plus overrides."""
     from peft import LoraConfig
 
+    # a config may name its peft task type (the vision DiT: None, a plain PeftModel); causal LMs otherwise
+    task_type = getattr(cfg, "PEFT_TASK_TYPE", "CAUSAL_LM")
     kwargs: dict[str, Any] = dict(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                  target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+                                  target_modules=list(cfg.target_modules), bias="none", task_type=task_type)
     kwargs.update(overrides)
     return LoraConfig(**kwargs)
 
 
 def _check_targets(model: nn.Module, cfg: FinetuneConfig) -> None:
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in cfg.target_modules if t not in names]
+    # peft's suffix match: a target is a module's name or a dotted tail of it (`q_proj`, diffusers' `to_out.0`)
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in cfg.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         raise ValueError(f"[finetune] target_modules: {missing} match no module of {type(model).__name__}")
 
@@ -99,7 +102,10 @@ def apply_qlora(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The decoder block list of a causal LM (`model.model.layers` for Llama-style models, ours included)."""
+    """The decoder block list of a causal LM (`model.model.layers` for Llama-style models, ours included), or the
+    `transformer_blocks` of a diffusers transformer (the vision axis' DiT)."""
+    if isinstance(getattr(model, "transformer_blocks", None), nn.ModuleList):
+        return model.transformer_blocks
     get_decoder = getattr(model, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else getattr(model, "model", None)
     layers = getattr(decoder, "layers", None)
@@ -152,7 +158,7 @@ def trainable_modules(model: nn.Module) -> list[str]:
     for name, p in model.named_parameters(remove_duplicate=True):
         if p.requires_grad:
             owner = name.rsplit(".", 1)[0]
-            m = re.match(r"(.*\.layers\.\d+)\.", owner + ".")
+            m = re.match(r"(.*\.(?:layers|transformer_blocks)\.\d+)\.", owner + ".")
             names.add(m.group(1) if m else owner)
     return sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
 
