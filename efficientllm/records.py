@@ -114,7 +114,8 @@ SCHEMA: tuple[Column, ...] = (
     # identity
     _c("schema_version", "INTEGER", "version of this schema"),
     _c("run_id", "VARCHAR", "unique id of the measured cell run"),
-    _c("axis", "VARCHAR", "pretrain | finetune | quantize"),
+    _c("axis", "VARCHAR", "pretrain | finetune | quantize | pretrain_vision | finetune_vision (the DiT and VLM cells; "
+                           "their tokens are image patches)"),
     _c("stage", "VARCHAR", "DVC stage name"),
     _c("cell", "VARCHAR", "matrix cell slug, e.g. mha"),
     _c("technique", "VARCHAR", "technique slug measured in this cell"),

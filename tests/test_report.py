@@ -133,6 +133,24 @@ LEADERBOARD_COLUMNS = {
         mcr_nominal_rank mcr_nominal_score quality_vs_bf16 amu_bytes_vs_bf16 peak_mem_bytes_vs_bf16 al_s_vs_bf16
         it_tokens_per_s_vs_bf16 ttft_s_p50_vs_bf16 tpot_s_p50_vs_bf16 aec_w_vs_bf16 energy_j_per_token_vs_bf16
         model_size_bytes_vs_bf16 quality_within_noise_of_bf16 al_s_within_noise_of_bf16""".split(),
+    # the vision axis (efficientllm/vision): TT over patch tokens, K/V bytes per patch; ST over images
+    "pretrain_vision": """
+        rank rev stage board cell technique attention mlp family n_params n_active_params n_trials quality_metric
+        energy_source quality_value quality_ci95 amu_bytes pcu_ratio mfu al_s latency_s_p50 latency_s_p99
+        tt_tokens_per_param_s tokens_per_s aec_w energy_j_per_token peak_mem_bytes kv_cache_bytes_per_token
+        model_mem_bytes cost_usd_per_mtok co2_g_per_mtok al_s_ci95 quality_score amu_bytes_rank amu_bytes_score
+        pcu_ratio_rank pcu_ratio_score al_s_rank al_s_score tt_tokens_per_param_s_rank tt_tokens_per_param_s_score
+        aec_w_rank aec_w_score quality_vs_mha amu_bytes_vs_mha peak_mem_bytes_vs_mha al_s_vs_mha tokens_per_s_vs_mha
+        aec_w_vs_mha energy_j_per_token_vs_mha kv_cache_bytes_per_token_vs_mha quality_within_noise_of_mha
+        al_s_within_noise_of_mha""".split(),
+    "finetune_vision": """
+        rank rev stage board cell method model n_params n_trainable_params n_trials quality_metric energy_source
+        quality_value quality_ci95 amu_bytes pcu_ratio mfu al_s latency_s_p50 latency_s_p99 st_samples_per_param_s
+        tokens_per_s aec_w energy_j_per_token peak_mem_bytes model_mem_bytes cost_usd_per_mtok co2_g_per_mtok
+        al_s_ci95 quality_score amu_bytes_rank amu_bytes_score pcu_ratio_rank pcu_ratio_score al_s_rank al_s_score
+        st_samples_per_param_s_rank st_samples_per_param_s_score aec_w_rank aec_w_score quality_vs_full
+        amu_bytes_vs_full peak_mem_bytes_vs_full al_s_vs_full st_samples_per_param_s_vs_full tokens_per_s_vs_full
+        aec_w_vs_full energy_j_per_token_vs_full quality_within_noise_of_full al_s_within_noise_of_full""".split(),
 }
 
 
@@ -270,12 +288,14 @@ def test_build_report_writes_every_file(rows_root, tmp_path):
     paths = build.build_report(_glob(rows_root), out, assumptions=views.Assumptions(2.0, 500.0, "test"))
 
     tables_written = {"index", "pretrain_page", "finetune_page", "leaderboard_pretrain", "leaderboard_finetune",
-                      "leaderboard_quantize", "scores", "claims", "rows_csv", "rows_parquet"}
+                      "leaderboard_quantize", "leaderboard_pretrain_vision", "leaderboard_finetune_vision", "scores",
+                      "claims", "rows_csv", "rows_parquet"}
     figures = {"pareto_pretrain.png", "radar_pretrain.png", "latency_pretrain.png", "radar_finetune.png"}
     assert set(paths) == tables_written | {f"figure:{name}" for name in figures}
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["index.md", "pretrain.md", "finetune.md", "leaderboard_pretrain.csv", "leaderboard_finetune.csv",
-         "leaderboard_quantize.csv", "scores.csv", "claims.csv", "rows.csv", "rows.parquet", "figures"]
+         "leaderboard_quantize.csv", "leaderboard_pretrain_vision.csv", "leaderboard_finetune_vision.csv",
+         "scores.csv", "claims.csv", "rows.csv", "rows.parquet", "figures"]
     )  # no temp files left
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(figures)
 

@@ -40,6 +40,8 @@ AXES: tuple[tuple[str, str], ...] = (
     ("pretrain", "Architecture pretraining"),
     ("finetune", "Fine-tuning"),
     ("quantize", "Quantization / inference"),
+    ("pretrain_vision", "Vision: DiT pretraining (attention and FFN variants)"),
+    ("finetune_vision", "Vision: PEFT on the DiT (held-out classes) and VLMs"),
 )
 
 INDEX_METRICS: dict[str, tuple[str, ...]] = {
@@ -49,6 +51,10 @@ INDEX_METRICS: dict[str, tuple[str, ...]] = {
                  "cost_usd_per_mtok", "co2_g_per_mtok"),
     "quantize": ("quality", "model_size_bytes", "peak_mem_bytes", "al_s", "it_tokens_per_s", "tpot_s_p50",
                  "mcr_nominal", "energy_j_per_token", "cost_usd_per_mtok", "co2_g_per_mtok"),
+    # the vision axis: a token is an image patch (images/s and J per image are in the rows' extra)
+    "pretrain_vision": ("quality", "peak_mem_bytes", "al_s", "tt_tokens_per_param_s", "kv_cache_bytes_per_token",
+                        "aec_w", "energy_j_per_token"),
+    "finetune_vision": ("quality", "peak_mem_bytes", "al_s", "st_samples_per_param_s", "aec_w", "energy_j_per_token"),
 }
 """The metrics of each axis's compact leaderboard in index.md (axis pages show every metric of the catalog)."""
 
@@ -240,8 +246,8 @@ def _index_axis_section(axis: str, title: str, boards: dict, catalog: dict, figu
         out += [tables.markdown_table(headers, body, [False, True] + [False] * (len(headers) - 2)), ""]
         if not any(cells[c].get("quality", {}).get("is_baseline") for c in cells if "quality" in cells[c]):
             out += [f"No ok `{baseline}` baseline cell on this board: the ratio columns are empty.", ""]
-        out += _figure(figures, key, "pareto", out_dir)
-        links = _figure_links(figures, key, out_dir, skip=("pareto",))
+        out += _figure(figures, key, "pareto", out_dir) + _figure(figures, key, "samples", out_dir)
+        links = _figure_links(figures, key, out_dir, skip=("pareto", "samples"))
         if links:
             out += [f"More figures: {links}.", ""]
     out += [f"Every metric with its rank, normalised score and ratio: [{axis}.md]({axis}.md) · "

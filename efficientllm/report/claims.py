@@ -208,6 +208,32 @@ def on_gpu(rule: Rule) -> Rule:
     return checked
 
 
+def near(metric: str, targets: Sequence[str], reference: str, band: float, name: str) -> Rule:
+    """Every target's mean of `metric` is no worse than `reference`'s by more than `band` (relative, in the metric's
+    direction): the technique "keeps" the reference's quality. Disagrees naming the worst target. A band, not a
+    test of a difference: `compare` (when the report passes one) is not used."""
+
+    def rule(rows: list[Row], compare: Any = None) -> Verdict:
+        del compare
+        cells = _by_metric(rows, metric)
+        missing = tuple(t for t in (*targets, reference) if t not in cells)
+        if missing:
+            return Verdict(NOT_MEASURABLE, "—", f"no ok {' / '.join(missing)} cell with {name}", missing)
+        ref = cells[reference]
+        higher = bool(ref.get("higher_is_better"))
+        worse = {t: (ref["mean"] - cells[t]["mean"] if higher else cells[t]["mean"] - ref["mean"]) / abs(ref["mean"])
+                 for t in targets} if ref["mean"] else {t: 0.0 for t in targets}
+        measured = f"{name}: {reference} {_fmt(ref)}; " + ", ".join(
+            f"{t} {_fmt(cells[t])} ({tables.percent_change(-worse[t] if higher else worse[t])})" for t in targets)
+        worst = max(worse, key=worse.get)
+        if worse[worst] > band:
+            return Verdict(DISAGREES, measured, f"{worst}'s {name} is {worse[worst]:.0%} worse than {reference}'s "
+                                                f"(> {band:.0%})")
+        return Verdict(AGREES, measured, f"every one within {band:.0%} of {reference}'s {name} (or better)")
+
+    return rule
+
+
 def all_of(*rules: Rule) -> Rule:
     """Every part must agree; one disagreeing part disagrees; otherwise not measurable."""
 
@@ -364,6 +390,26 @@ CLAIMS: tuple[Claim, ...] = (
           "scores", on_gpu(all_of(versus("al_s", "bf16", "fp16", "lower", "AL"),
                                   metered(versus("aec_w", "bf16", "fp16", "lower", "AEC")))), ("bf16", "fp16"),
           _scores(("al_s", "aec_w"), ("bf16", "fp16"))),
+    # the vision axis (paper section 6: the techniques transfer to a DiT and to PEFT on vision models)
+    Claim("vision-mqa-gqa-kv", "pretrain_vision",
+          "Vision (DiT): MQA / GQA hold fewer key/value bytes per image token than MHA and keep its generation "
+          "quality (FD within 25%)",
+          "scores", all_of(versus("kv_cache_bytes_per_token", "mqa", "mha", "lower", "K/V bytes"),
+                           versus("kv_cache_bytes_per_token", "gqa", "mha", "lower", "K/V bytes"),
+                           near("quality", ("mqa", "gqa"), "mha", 0.25, "FD")), ("mqa", "gqa", "mha"),
+          _scores(("kv_cache_bytes_per_token", "quality"), ("mha", "mqa", "gqa"))),
+    Claim("vision-mqa-memory-latency", "pretrain_vision",
+          "Vision (DiT): MQA has the lowest memory and latency of the attention variants, as in text",
+          "scores", all_of(lowest("amu_bytes", ("mqa",), "AMU", "attention variant"),
+                           lowest("al_s", ("mqa",), "AL", "attention variant")), ("mqa",),
+          _scores(("amu_bytes", "al_s"), ("mha", "mqa", "gqa", "mla"))),
+    Claim("vision-full-quality", "finetune_vision",
+          "Vision (PEFT on the DiT): full fine-tuning reaches the best quality (lowest FD); the PEFT methods trade "
+          "quality for fewer trained parameters, as in text",
+          "scores", lowest("quality", ("full",), "FD", "fine-tuning method"), ("full",), _scores(("quality",))),
+    Claim("vision-freeze-fastest", "finetune_vision",
+          "Vision (PEFT on the DiT): layer freezing has the lowest latency per step, as in text",
+          "scores", lowest("al_s", ("freeze",), "AL", "fine-tuning method"), ("freeze",), _scores(("al_s",))),
 )
 """The paper's findings this benchmark checks, in the order the report lists them."""
 

@@ -7,7 +7,8 @@ Per board (stage, model size, dataset) of each axis:
 - `radar_*.png`: radars of the paper's normalised scores per technique (view `scores`, radar metrics of
   `metric_catalog`; 1 = best of the board, 0.1 = worst), a few techniques per radar, the baseline dashed;
 - `latency_*.png`: box plots of the raw latency samples of every cell (rows' latency_samples_s, all trials);
-- `loss_*.png`: training-loss curves from the `loss.csv` next to each row file, where a stage wrote one.
+- `loss_*.png`: training-loss curves from the `loss.csv` next to each row file, where a stage wrote one;
+- `samples_*.png`: the generated-image grids (`samples/grid.png` next to each row file: the vision axis).
 
 Every axis is labelled with its unit. `draw_figures(con, out_dir)` writes them and returns what it drew.
 
@@ -278,11 +279,41 @@ def loss_figure(con: duckdb.DuckDBPyConnection, rev: str, axis: str, stage: str,
     return True
 
 
+def samples_figure(con: duckdb.DuckDBPyConnection, rev: str, axis: str, stage: str, board: str, path: Path) -> bool:
+    """The generated-image grids (samples/grid.png beside each ok row file, trial 0: the vision axis) side by side,
+    titled with the cell and its quality; False when no cell of the board saved one."""
+    rows = tables.records(con, "SELECT DISTINCT cell, row_file, quality_metric, quality_value, "
+                               "TRY_CAST(extra ->> '$.sample_accuracy' AS DOUBLE) AS accuracy FROM measured "
+                               "WHERE rev = ? AND stage = ? AND board = ? AND status = 'ok' AND coalesce(trial, 0) = 0 "
+                               "ORDER BY quality_value, cell", [rev, stage, board])
+    grids = [(r, Path(r["row_file"]).with_name("samples") / "grid.png") for r in rows]
+    grids = [(r, g) for r, g in grids if g.is_file()]
+    if not grids:
+        return False
+    from matplotlib.image import imread
+
+    cols = min(4, len(grids))
+    n_rows = -(-len(grids) // cols)
+    fig = _new_figure(3.2 * cols, 3.4 * n_rows + 0.4)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / (3.4 * n_rows + 0.4), wspace=0.1, hspace=0.3)
+    axes = fig.subplots(n_rows, cols, squeeze=False).flatten()
+    for ax, (r, grid) in zip(axes, grids, strict=False):
+        ax.imshow(imread(grid), interpolation="nearest")
+        acc = "" if r["accuracy"] is None else f", acc {r['accuracy']:.2f}"
+        ax.set_title(f"{r['cell']}: {r['quality_metric']} {tables.number(r['quality_value'])}{acc}", fontsize=8)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle(f"{_board_title(axis, stage, board)}: samples (one row per class; best quality first)", fontsize=9)
+    _save(fig, path)
+    return True
+
+
 FIGURES = {
     "pareto": (pareto_figure, "quality vs memory, latency, energy (Pareto front)"),
     "radar": (radar_figure, "normalised scores per technique"),
     "latency": (latency_figure, "latency distributions"),
     "loss": (loss_figure, "training loss curves"),
+    "samples": (samples_figure, "generated samples per cell (vision axis)"),
 }
 """Figure kind -> (drawing function, title); each function returns False when it has nothing to draw."""
 

@@ -50,6 +50,8 @@ VIEWS: tuple[str, ...] = (
     "leaderboard_pretrain",
     "leaderboard_finetune",
     "leaderboard_quantize",
+    "leaderboard_pretrain_vision",
+    "leaderboard_finetune_vision",
     "pareto",
     "revision_diff",
 )
@@ -79,6 +81,9 @@ LEADERBOARDS: dict[str, Leaderboard] = {
                                     "n_active_params")),
     "finetune": Leaderboard("full", ("method", "task", "n_params", "n_trainable_params")),
     "quantize": Leaderboard("bf16", ("precision", "model", "n_params", "nominal_bits")),
+    # the vision axis (efficientllm/vision): DiT attention / FFN variants; PEFT on the DiT (one board per base model)
+    "pretrain_vision": Leaderboard("mha", ("technique", "attention", "mlp", "family", "n_params", "n_active_params")),
+    "finetune_vision": Leaderboard("full", ("method", "model", "n_params", "n_trainable_params")),
 }
 """The leaderboard of each axis, in the order of `VIEWS`."""
 

@@ -3,7 +3,8 @@
 -- Comparison keys:
 --   technique_key   the technique a cell measures: `technique` (pretrain / finetune), the precision for quantize
 --                   (extra.precision, else technique, else the cell slug).
---   baseline        the axis baseline technique (paper): pretrain 'mha', finetune 'full', quantize 'bf16';
+--   baseline        the axis baseline technique (paper): pretrain 'mha', finetune 'full', quantize 'bf16'
+--                   (the vision axis: pretrain_vision 'mha', finetune_vision 'full');
 --                   is_baseline marks its cell(s).
 --   size_group      the model size a leaderboard is split by: extra.size when a stage records it, else the
 --                   `model` (the base model of finetune / quantize); null for pretrain (one size per run; compare
@@ -12,7 +13,8 @@
 --   board           size_group and task joined with ' · ' ('' when both are null): cells are ranked, normalised
 --                   and compared with the baseline within one (rev, stage, board).
 -- Derived metrics:
---   quality_higher_is_better  false when quality_metric names a perplexity, loss, bits-per-byte or error rate.
+--   quality_higher_is_better  false when quality_metric names a perplexity, loss, bits-per-byte, error rate or a
+--                   Fréchet distance (fd_<dataset>, fid: the vision axis).
 --   throughput_tokens_per_s   tokens_per_s; for quantize the generated tokens per second (it_tokens_per_s).
 --   energy_j_per_token        1 / tokens_per_j, else aec_w / throughput_tokens_per_s.
 --   energy_measured           the joules come from a meter (energy_source nvml or rapl), not an estimate.
@@ -37,7 +39,8 @@ CREATE VIEW measured AS
 WITH keyed AS (
     SELECT
         l.*,
-        CASE l.axis WHEN 'pretrain' THEN 'mha' WHEN 'finetune' THEN 'full' WHEN 'quantize' THEN 'bf16' END AS baseline,
+        CASE l.axis WHEN 'pretrain' THEN 'mha' WHEN 'finetune' THEN 'full' WHEN 'quantize' THEN 'bf16'
+            WHEN 'pretrain_vision' THEN 'mha' WHEN 'finetune_vision' THEN 'full' END AS baseline,
         CASE
             WHEN l.axis = 'quantize' THEN coalesce(l.extra ->> '$.precision', l.technique, l.cell)
             ELSE coalesce(l.technique, l.cell)
@@ -46,7 +49,7 @@ WITH keyed AS (
         CASE WHEN l.axis = 'finetune' THEN l.dataset END AS task,
         -- a whole word of the metric name ('val_ppl', 'word_perplexity', 'eval_loss'; not the 'wer' of 'answer')
         NOT regexp_matches(lower(l.quality_metric),
-                           '(^|[^a-z])(ppl|perplexity|loss|bpb|bits_per_byte|error|wer|cer)([^a-z]|$)')
+                           '(^|[^a-z])(ppl|perplexity|loss|bpb|bits_per_byte|error|wer|cer|fd|fid)([^a-z]|$)')
             AS quality_higher_is_better,
         CASE
             WHEN l.axis = 'quantize' THEN coalesce(l.it_tokens_per_s, l.tokens_per_s)

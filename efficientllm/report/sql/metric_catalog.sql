@@ -40,10 +40,18 @@ specific(axis, metric, label, unit, higher_is_better, radar, position, leaderboa
         ('quantize', 'tpot_s_p50', 'TPOT p50', 's', false, false, 34, 42, 42),
         ('quantize', 'model_size_bytes', 'model size', 'bytes', false, false, 62, 62, 70),
         ('quantize', 'mcr_nominal', 'MCR', 'x', true, true, 70, 70, NULL),
-        ('quantize', 'mcr_measured', 'MCR (measured bytes)', 'x', true, false, 71, 71, NULL)
+        ('quantize', 'mcr_measured', 'MCR (measured bytes)', 'x', true, false, 71, 71, NULL),
+        -- the vision axis (efficientllm/vision): a token is an image patch; TT over patch tokens, ST over images
+        ('pretrain_vision', 'tt_tokens_per_param_s', 'TT', 'patches/param/s', true, true, 40, 40, NULL),
+        ('pretrain_vision', 'tokens_per_s', 'throughput', 'patches/s', true, false, 41, 41, 41),
+        ('pretrain_vision', 'mfu', 'MFU', 'ratio', true, false, 21, 21, NULL),
+        ('pretrain_vision', 'kv_cache_bytes_per_token', 'K/V per patch', 'bytes/token', false, false, 61, 61, 70),
+        ('finetune_vision', 'st_samples_per_param_s', 'ST', 'images/param/s', true, true, 40, 40, 40),
+        ('finetune_vision', 'tokens_per_s', 'throughput', 'patches/s', true, false, 41, 41, 41),
+        ('finetune_vision', 'mfu', 'MFU', 'ratio', true, false, 21, 21, NULL)
 )
 SELECT axis, metric, label, unit, higher_is_better, radar, position, leaderboard_position, vs_baseline_position
-FROM (VALUES ('pretrain'), ('finetune'), ('quantize')) AS axes(axis)
+FROM (VALUES ('pretrain'), ('finetune'), ('quantize'), ('pretrain_vision'), ('finetune_vision')) AS axes(axis)
 CROSS JOIN common
 UNION ALL
 SELECT axis, metric, label, unit, higher_is_better, radar, position, leaderboard_position, vs_baseline_position
