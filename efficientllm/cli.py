@@ -232,9 +232,15 @@ def compare(argv: list[str]) -> int:
         "whether it got better or worse in the metric's direction (or is within noise).",
         epilog="example: efficientllm compare HEAD~1 workspace --metric al_s --metric quality --min-change 0.05",
     )
-    parser.add_argument("rev_a", metavar="A", help="the earlier revision (git rev or DVC experiment name)")
+    parser.add_argument("rev_a", metavar="A", nargs="?", help="the earlier revision (git rev or DVC experiment name)")
     parser.add_argument("rev_b", metavar="B", nargs="?", default="workspace",
                         help="the later revision (default: workspace, the row files on disk)")
+    parser.add_argument("--cells", nargs=2, metavar=("CELL_A", "CELL_B"),
+                        help="compare two cells of one revision instead (stage@cell or a unique cell name; the rows "
+                        "on disk, or --rev): every metric they share, its difference with a 95%% CI and p from the "
+                        "test that fits it")
+    parser.add_argument("--rev", default=None, help="with --cells: the revision to read (default: the files on disk)")
+    parser.add_argument("--format", choices=("markdown", "json"), default="markdown", help="with --cells")
     _add_source_flags(parser, revs="none")
     parser.add_argument("--metric", action="append", default=[],
                         help="keep this metric only (repeatable; names as in the view metric_catalog, e.g. al_s)")
@@ -242,6 +248,10 @@ def compare(argv: list[str]) -> int:
                         help="hide cell-metrics whose |relative change| is below this (e.g. 0.05 = 5%%)")
     parser.add_argument("-o", "--output", help="write the Markdown to this file instead of stdout")
     args = parser.parse_args(argv)
+    if args.cells:
+        return _compare_cells(args)
+    if args.rev_a is None:
+        parser.error("give a revision A (or --cells CELL_A CELL_B)")
 
     from efficientllm.report.compare import compare_markdown
 
@@ -259,6 +269,28 @@ def compare(argv: list[str]) -> int:
 
         atomic_write_text(args.output, text)
         print(f"efficientllm compare: wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _compare_cells(args: argparse.Namespace) -> int:
+    """`efficientllm compare --cells A B`: the paired comparison of two cells, as Markdown or JSON."""
+    from efficientllm.report.compare import cells_markdown, compare_cells
+
+    try:
+        con = _open_rows("compare", args, [args.rev] if args.rev else [])
+        try:
+            rows = compare_cells(con, *args.cells, rev=args.rev or "workspace")
+        finally:
+            con.close()
+    except (*_input_errors(), ValueError) as e:
+        return _fail("compare", e)
+    text = json.dumps(rows, indent=1) + "\n" if args.format == "json" else cells_markdown(rows, *args.cells)
+    if args.output:
+        from efficientllm.atomic import atomic_write_text
+
+        atomic_write_text(args.output, text)
     else:
         sys.stdout.write(text)
     return 0

@@ -353,6 +353,11 @@ class MeasureConfig:
     """Matrix size of the matmul calibration that measures peak FLOP/s (None: 2048 on CPU, 8192 on GPU)."""
     cache_dir: str = ".cache/efficientllm"
     """Where the peak-FLOP/s calibration is cached (per device, dtype, threads, torch version)."""
+    noise_runs: int = field(default=5, metadata=_meta(min=2))
+    """Runs of one cell by the `noise_floor` stage: the machine's run-to-run CV of timing, throughput and energy,
+    which a one-trial difference between two cells must clear (twice over) to count."""
+    noise_variant: str = "mha"
+    """The pretraining recipe (a `variants` slug) the noise floor repeats."""
 
 
 @dataclass(frozen=True)
@@ -407,6 +412,10 @@ class QuantizeConfig(TrialsConfig):
     memory_budget_mib: float = field(default=2.0, metadata=_meta(min=0.0, min_exclusive=True))
     """Memory budget (MiB) for weights + KV cache: the row reports the largest batch that fits it (computed from
     weight bytes and KV-cache bytes per token, then checked by one request at that batch)."""
+    budget_check_max_s: float = field(default=20.0, metadata=_meta(min=0.0, min_exclusive=True))
+    """Time cap of that check: when one request at the largest batch would take longer (estimated from the latency
+    pass), the check runs at the largest batch that fits the cap and scales the measured memory growth per sequence
+    up to the largest batch; the row says which (`extra.max_batch_check_method`)."""
     ppl_blocks: int = field(default=16, metadata=_meta(min=1))
     """Held-out blocks of the pretraining corpus for perplexity (the first ones: the same tokens for every
     precision)."""
@@ -421,10 +430,6 @@ class QuantizeConfig(TrialsConfig):
         if self.min_runs > self.max_runs:
             raise ConfigError(f"[quantize] min_runs={self.min_runs} must be <= max_runs={self.max_runs}")
 
-    budget_check_max_s: float = field(default=20.0, metadata=_meta(min=0.0, min_exclusive=True))
-    """Time cap of that check: when one request at the largest batch would take longer (estimated from the latency
-    pass), the check runs at the largest batch that fits the cap and scales the measured memory growth per sequence
-    up to the largest batch; the row says which (`extra.max_batch_check_method`)."""
 
 @dataclass(frozen=True)
 class QuantizeHubConfig(QuantizeConfig):

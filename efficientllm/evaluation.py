@@ -27,15 +27,17 @@ import torch
 import yaml
 from torch import nn
 
+from efficientllm.examples import ExampleLog
 from efficientllm.measure import synchronize
 
 
 @torch.no_grad()
 def perplexity(model: nn.Module, val_blocks: np.ndarray, *, n_blocks: int, batch_size: int,
-               device: torch.device) -> dict[str, Any]:
+               device: torch.device, examples: ExampleLog | None = None) -> dict[str, Any]:
     """Mean next-token loss (nats) and perplexity over the first n_blocks held-out blocks (fewer if there are fewer).
 
     The loss is computed here, in fp32 from the logits, so every precision is scored by the same arithmetic.
+    `examples`: each block's loss sum and target count is added to it (set `val_ppl`).
     """
     n = min(len(val_blocks), n_blocks)
     if n == 0:
@@ -48,6 +50,11 @@ def perplexity(model: nn.Module, val_blocks: np.ndarray, *, n_blocks: int, batch
                                                  batch[:, 1:].reshape(-1), reduction="sum")
         total += float(loss)
         count += batch[:, 1:].numel()
+        if examples is not None:
+            per_block = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch[:, 1:],
+                                                          reduction="none").sum(dim=1)
+            for j, loss_sum in enumerate(per_block.tolist()):
+                examples.add("val_ppl", "exp_ratio", start + j, loss_sum, batch.shape[1] - 1)
     synchronize(device)
     mean = total / count
     return {"eval_loss": mean, "val_ppl": math.exp(mean) if mean < 700 else None, "ppl_tokens": count,
@@ -109,6 +116,8 @@ class TaskScores:
     n_docs: dict[str, int | None]
     eval_s: float
     settings: dict[str, Any] = field(default_factory=dict)
+    examples: ExampleLog = field(default_factory=ExampleLog)
+    """Every scored document's primary metric (set `<task>.<metric>`, example = lm-eval's doc_id)."""
 
     @property
     def quality_value(self) -> float | None:
@@ -157,7 +166,7 @@ def run_tasks(model: nn.Module, tokenizer: Any, *, tasks: Sequence[str], metrics
     # its own provenance, so that dump is skipped.
     with mock.patch.object(lm_eval.evaluator, "add_env_info", lambda results: None):
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=configs, num_fewshot=num_fewshot, limit=limit, log_samples=False, bootstrap_iters=0,
+            model=lm, tasks=configs, num_fewshot=num_fewshot, limit=limit, log_samples=True, bootstrap_iters=0,
             task_manager=manager, apply_chat_template=apply_chat_template, random_seed=seed,
             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         )
@@ -173,4 +182,19 @@ def run_tasks(model: nn.Module, tokenizer: Any, *, tasks: Sequence[str], metrics
     settings = {"batch_size": batch_size, "limit": limit, "num_fewshot": num_fewshot,
                 "apply_chat_template": apply_chat_template, "lm_eval_version": lm_eval.__version__,
                 "tasks": list(tasks), "metrics": {t: metrics[t] for t in tasks}}
-    return TaskScores(primary, every, n_docs, eval_s, settings)
+    return TaskScores(primary, every, n_docs, eval_s, settings, examples=task_examples(out.get("samples", {}), tasks,
+                                                                                   metrics))
+
+
+def task_examples(samples: Mapping[str, Sequence[Mapping[str, Any]]], tasks: Sequence[str],
+                  metrics: Mapping[str, str]) -> ExampleLog:
+    """lm-eval's logged samples as examples: each document's primary metric, by doc_id (the same documents, in the
+    same order, for every model scored with the same settings)."""
+    log = ExampleLog()
+    for name in tasks:
+        metric = metrics[name]
+        for sample in samples.get(name, ()):
+            value = sample.get(metric)
+            if isinstance(value, int | float) and math.isfinite(value):
+                log.add(f"{name}.{metric}", "ratio", sample.get("doc_id"), float(value))
+    return log

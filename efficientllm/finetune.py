@@ -63,6 +63,7 @@ from efficientllm.distributed import (
     single_process,
     wrap_model,
 )
+from efficientllm.examples import EXAMPLES_FILE, ExampleLog
 from efficientllm.measure import metrics
 from efficientllm.measure.memory import RssSensor
 from efficientllm.measure.timing import Phases
@@ -281,8 +282,10 @@ def batch_order(n: int, batch_size: int, seed: int, n_batches: int) -> list[list
 
 @torch.no_grad()
 def response_loss(model: nn.Module, enc: EncodedSFT, batch_size: int, pad_id: int, seq_len: int,
-                  device: torch.device, dist: DistContext | None = None) -> float:
+                  device: torch.device, dist: DistContext | None = None, examples: ExampleLog | None = None) -> float:
     """Mean cross-entropy per response token over the encoded records (prompt and padding excluded).
+
+    `examples`: each record's response-loss sum and token count is added to it (set `eval_loss`, this rank's).
 
     Under several processes (`dist`) the batches go round-robin to the ranks and the token sums are added up,
     so every rank gets the same figure. A sharded (FSDP) forward is a collective: every rank then runs as many
@@ -306,6 +309,13 @@ def response_loss(model: nn.Module, enc: EncodedSFT, batch_size: int, pad_id: in
         total += float(nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX,
                                                    reduction="sum"))
         count += int((shift_labels != IGNORE_INDEX).sum())
+        if examples is not None:
+            per_token = nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX,
+                                                    reduction="none").view(len(ids), -1)  # (B, T-1)
+            tokens = (lab[:, 1:] != IGNORE_INDEX).sum(dim=1)
+            for j, (loss_sum, n) in enumerate(zip(per_token.sum(dim=1).tolist(), tokens.tolist(), strict=True)):
+                if n:
+                    examples.add("eval_loss", "ratio", enc.record_ids[start + j], loss_sum, n)
     total, count = dist.sum([total, count])
     if rounds and is_sharded(model):
         # FSDP leaves the root unit's weights (embeddings, final norm, LM head) gathered after a forward, in place
@@ -340,8 +350,12 @@ def exact_match(model: nn.Module, tokenizer: Any, records: list[dict[str, Any]],
     model.train(was_training)
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     answers = [extract_output(t) for t in texts]
-    hits = sum(a == r["answer"].strip() for a, r in zip(answers, records, strict=True))
+    correct = [a == r["answer"].strip() for a, r in zip(answers, records, strict=True)]
+    hits = sum(correct)
     return {"exact_match": hits / len(records), "exact_match_n": len(records),
+            "examples": [{"set": "exact_match", "stat": "ratio", "example": str(r.get("id", i)),
+                          "value": float(c), "weight": 1.0} for i, (r, c) in enumerate(zip(records, correct,
+                                                                                              strict=True))],
             "exact_match_samples": [{"answer": r["answer"], "generated": t[:200]}
                                     for r, t in list(zip(records, texts, strict=True))[:3]]}
 
@@ -666,6 +680,16 @@ def _train(model: nn.Module, train_model: nn.Module, data: SFTData, *, method: s
     return loop, steps, peak, peak_total
 
 
+def _evaluate(model: nn.Module, data: SFTData, *, per_rank: int, pad_id: int, seq_len: int, dist: DistContext,
+              autocast: contextlib.AbstractContextManager) -> tuple[float, ExampleLog]:
+    """The trained model's eval loss, and (rank 0) every rank's per-record losses behind it."""
+    examples = ExampleLog()
+    with autocast:
+        eval_loss = response_loss(model, data.evals, per_rank, pad_id, seq_len, dist.device, dist=dist,
+                                  examples=examples)
+    return eval_loss, ExampleLog([r for part in dist.gather(examples.records) or [] for r in part])
+
+
 def _initial_adapter(model: nn.Module, out_dir: Path | None,
                      dist: DistContext) -> tempfile.TemporaryDirectory | None:
     """PiSSA-style inits change the base, so their adapter is saved relative to the base as loaded (peft converts
@@ -719,13 +743,10 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
     phases = Phases(f"finetune@{method}-{dataset}")
     phases.start("load data")
     dist = dist or single_process(cfg.device)
-    device = dist.device
-    per_rank = _runnable(method, cfg, dist)
+    device, per_rank = dist.device, _runnable(method, cfg, dist)
     tokenizer = load_tokenizer(cfg)
     data = load_data(data_dir, sft, cfg, tokenizer)
-    seq_len, pad_id = sft.max_seq_len, tokenizer.pad_token_id
-
-    dtype = resolve_dtype(cfg.dtype, device)
+    seq_len, pad_id, dtype = sft.max_seq_len, tokenizer.pad_token_id, resolve_dtype(cfg.dtype, device)
     # FSDP: the base loads on the host; wrap_model moves each block to the device as it shards it
     sharded = dist.distributed and cfg.parallelism == "fsdp"
     phases.start("build model")
@@ -753,8 +774,8 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
     samples_per_step = cfg.batch_size * cfg.grad_accum_steps
 
     phases.start("evaluate")
-    with autocast:
-        eval_loss = response_loss(model, data.evals, per_rank, pad_id, seq_len, device, dist=dist)
+    eval_loss, examples = _evaluate(model, data, per_rank=per_rank, pad_id=pad_id, seq_len=seq_len, dist=dist,
+                                    autocast=autocast)
     # The last collectives (FSDP's state-dict gather) come before rank 0's own work: the other ranks may then end
     # while rank 0 generates and saves, however long that takes, without a collective timing out.
     plain = _plain_model(model, dist, cfg, method, dtype)
@@ -780,6 +801,7 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
             **precision,
             "trainable_modules": trainable_modules(model),
             "phase_s": phases.seconds,
+            "quality_sets": ["eval_loss"],  # examples.jsonl: the per-record losses behind quality_value
             # every seed the row's numbers depend on: adapter init + dropout + batch order, and the SFT data split
             "seeds": {"finetune": cfg.seed, "sft_split": data.stats.get("seed", sft.seed)},
             "base_model": cfg.base_model,
@@ -800,4 +822,5 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
             **saved,
         },
     )
-    return CellOutcome(row=row, files={"loss.csv": curve_csv(loop.curve)})
+    examples.extend(em.get("examples", []))
+    return CellOutcome(row=row, files={"loss.csv": curve_csv(loop.curve), EXAMPLES_FILE: examples.text()})

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor
 
+from efficientllm.examples import EXAMPLES_FILE, ExampleLog
 from efficientllm.measure import MeasurementWindow, RssPeak, metrics, summarize, synchronize
 from efficientllm.measure.anatomy import above_baseline, with_rest
 from efficientllm.measure.timing import Clock, Phases, latency_columns
@@ -420,6 +421,24 @@ def check_workload(cfg: Any, max_position_embeddings: int | None) -> None:
                           f"max_position_embeddings={max_position_embeddings}")
 
 
+def quality(model: nn.Module, tokenizer: Any, blocks: np.ndarray, *, cfg: Any, eval_cfg: Any, tasks: list[str],
+            device: torch.device, phases: Phases) -> tuple[dict[str, Any], Any, ExampleLog]:
+    """(held-out perplexity, the lm-eval task scores, every example behind both) of the loaded model."""
+    from efficientllm.evaluation import perplexity, run_tasks
+
+    examples = ExampleLog()
+    with phases("perplexity"):
+        ppl = perplexity(model, blocks, n_blocks=cfg.ppl_blocks, batch_size=cfg.ppl_batch_size, device=device,
+                         examples=examples)
+    with phases("tasks"):
+        scores = run_tasks(model, tokenizer, tasks=tasks, metrics=eval_cfg.metrics, tasks_dir=eval_cfg.tasks_dir,
+                           device=device, batch_size=eval_cfg.batch_size, limit=eval_cfg.limit,
+                           num_fewshot=eval_cfg.num_fewshot, data_files=eval_cfg.data_files,
+                           apply_chat_template=eval_cfg.apply_chat_template, seed=cfg.seed)
+    examples.extend(scores.examples)
+    return ppl, scores, examples
+
+
 def measured_passes(model: nn.Module, prompts: torch.Tensor, cfg: Any, measure: Any, device: torch.device,
                     phases: Phases) -> tuple[LatencyResult, dict[str, Any]]:
     """The latency pass (per-token clock, no trackers) then the tracker pass (the same requests in a window)."""
@@ -496,7 +515,6 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
     PrecisionUnsupported when the device cannot run the precision (the stage writes a `skipped` row), anything else
     when the cell fails. The outcome's files: `samples.json`, every request's raw samples.
     """
-    from efficientllm.evaluation import perplexity, run_tasks
     from efficientllm.measure import device_name, num_threads, resolve_device
     from efficientllm.measure.memory import RssSensor
     from efficientllm.models.accounting import count_parameters
@@ -531,13 +549,8 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
                                sequence_s=latency.columns()["al_s"] / cfg.batch_size)
     with phases("kv cache"):
         kv_measured = request_cache_bytes(model, prompts, cfg.max_new_tokens, device)
-    with phases("perplexity"):
-        ppl = perplexity(model, blocks, n_blocks=cfg.ppl_blocks, batch_size=cfg.ppl_batch_size, device=device)
-    with phases("tasks"):
-        scores = run_tasks(model, tokenizer, tasks=tasks, metrics=eval_cfg.metrics, tasks_dir=eval_cfg.tasks_dir,
-                           device=device, batch_size=eval_cfg.batch_size, limit=eval_cfg.limit,
-                           num_fewshot=eval_cfg.num_fewshot, data_files=eval_cfg.data_files,
-                           apply_chat_template=eval_cfg.apply_chat_template, seed=cfg.seed)
+    ppl, scores, examples = quality(model, tokenizer, blocks, cfg=cfg, eval_cfg=eval_cfg, tasks=tasks, device=device,
+                                    phases=phases)
 
     window, anatomy, cache = memory_columns(tracked, rss_before[0] if rss_before else None, held["total"],
                                             kv_measured, kv_bytes * cfg.batch_size
@@ -578,6 +591,8 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
             "kv_cache_measured_vs_analytic": kv_measured / cache if cache else None,
             **ppl,
             "task_scores": scores.primary,
+            # examples.jsonl: the per-document scores behind quality_value (or the per-block losses without tasks)
+            "quality_sets": [f"{t}.{m}" for t, m in scores.settings["metrics"].items()],
             "task_metrics": scores.all_metrics,
             "task_docs": scores.n_docs,
             "eval": scores.settings,
@@ -585,4 +600,5 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
             "phase_s": {**phases.seconds, "load_s": loaded.load_s, "tasks_s": scores.eval_s},
         },
     )
-    return CellOutcome(row=row, files={"samples.json": json.dumps(latency.samples_record()) + "\n"})
+    return CellOutcome(row=row, files={"samples.json": json.dumps(latency.samples_record()) + "\n",
+                                       EXAMPLES_FILE: examples.text()})

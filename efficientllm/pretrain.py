@@ -35,6 +35,7 @@ from efficientllm.distributed import (
     unsharded_copy,
     wrap_model,
 )
+from efficientllm.examples import EXAMPLES_FILE, ExampleLog
 from efficientllm.measure import metrics
 from efficientllm.measure.timing import Phases
 from efficientllm.models.accounting import count_parameters
@@ -111,11 +112,14 @@ def _autocast(device: torch.device, dtype: str = "auto") -> tuple[contextlib.Abs
 @torch.no_grad()
 def evaluate_perplexity(model: torch.nn.Module, val_blocks: Any, batch_size: int, n_batches: int,
                         device: torch.device, *, dtype: str = "auto", dist: DistContext | None = None,
-                        micro_batch_size: int | None = None) -> tuple[float, float]:
+                        micro_batch_size: int | None = None,
+                        examples: ExampleLog | None = None) -> tuple[float, float]:
     """(mean token loss, perplexity) over the first `n_batches` x `batch_size` validation blocks.
 
     The blocks are run `micro_batch_size` at a time (default: batch_size); under several processes the chunks
     go round-robin to the ranks and the token-weighted sums are added up, so every rank gets the same figure.
+    `examples`: each block's language-model loss sum and target count is added to it (set `val_ppl`, this rank's
+    blocks), for the paired tests of the report.
     """
     dist = dist or single_process(device)
     model.eval()
@@ -141,10 +145,21 @@ def evaluate_perplexity(model: torch.nn.Module, val_blocks: Any, batch_size: int
         lm_loss = out.loss - out.aux_loss if getattr(out, "aux_loss", None) is not None else out.loss
         total += float(lm_loss) * n_targets
         count += n_targets
+        if examples is not None:
+            per_block = sequence_loss_sums(out.logits, batch)
+            for j, loss_sum in enumerate(per_block.tolist()):
+                examples.add("val_ppl", "exp_ratio", start + j, loss_sum, batch.shape[1] - 1)
     total, count = dist.sum([total, count])
     model.train()
     mean = total / count
     return mean, math.exp(mean)
+
+
+def sequence_loss_sums(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(B,) next-token cross-entropy summed over each sequence, in float32 from the logits (B, T, V)."""
+    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:],
+                                                  reduction="none")  # (B, T-1)
+    return per_token.sum(dim=1)
 
 
 def _trajectory_key(slug: str, base: ModelConfig, recipe: dict[str, Any], cfg: PretrainConfig, data_dir: Path,
@@ -204,6 +219,23 @@ def lm_step(train_model: torch.nn.Module, train_blocks: Any, *, cfg: PretrainCon
         return StepWork(loss=step_loss, tokens=tokens_per_step, computed_tokens=tokens_per_step)
 
     return step_fn
+
+
+def _evaluate_and_save(model: torch.nn.Module, model_cls: type, tokenizer: Any, val_blocks: Any, cfg: PretrainConfig,
+                       dist: DistContext, micro_bs: int, model_out: Path | None,
+                       phases: Phases) -> tuple[float, float, ExampleLog]:
+    """(eval loss, perplexity, every rank's per-block losses on rank 0) of the trained model; writes it to
+    `model_out` (rank 0, or a gathered FSDP state) when given."""
+    phases.start("evaluate")
+    examples = ExampleLog()
+    eval_loss, ppl = evaluate_perplexity(model, val_blocks, cfg.batch_size, cfg.eval_batches, dist.device,
+                                         dtype=cfg.dtype, dist=dist, micro_batch_size=micro_bs, examples=examples)
+    gathered = dist.gather(examples.records)
+    if model_out is not None:
+        phases.start("save")
+        _save_model(model, model_cls, tokenizer, model_out, dist)
+    phases.stop()
+    return eval_loss, ppl, ExampleLog([r for part in gathered or [] for r in part])
 
 
 def lm_probe(model: torch.nn.Module, train_blocks: Any, cfg: PretrainConfig, dist: DistContext,
@@ -275,13 +307,8 @@ def pretrain_cell(*, cell: CellId, slug: str, base: ModelConfig, recipe: dict[st
                           probe=None if is_sharded(model) else lm_probe(model, train_blocks, cfg, dist, autocast,
                                                                         micro_bs))
     expert_load = expert_load_summary(model)  # MoE routing balance over the whole run (None for dense models)
-    phases.start("evaluate")
-    eval_loss, ppl = evaluate_perplexity(model, val_blocks, cfg.batch_size, cfg.eval_batches, device,
-                                         dtype=cfg.dtype, dist=dist, micro_batch_size=micro_bs)
-    if model_out is not None:
-        phases.start("save")
-        _save_model(model, model_cls, tokenizer, model_out, dist)
-    phases.stop()
+    eval_loss, ppl, examples = _evaluate_and_save(model, model_cls, tokenizer, val_blocks, cfg, dist, micro_bs,
+                                                  model_out, phases)
 
     fpt = variant.family.flops_per_token(variant.config, block_len, training=True)
     row = cell.ok_row(
@@ -313,8 +340,10 @@ def pretrain_cell(*, cell: CellId, slug: str, base: ModelConfig, recipe: dict[st
             "resumed_from_step": loop.start or None,  # a killed run resumed from its checkpoint after this many steps
             "checkpoint_s": loop.checkpoint_s,  # checkpoint saves, left out of every window figure
             "phase_s": phases.seconds,
+            "quality_sets": ["val_ppl"],  # examples.jsonl: the per-block losses behind quality_value
             # every seed the row's numbers depend on: init + batch order, and the corpus's train / val split
             "seeds": {"pretrain": cfg.seed, "prepare_split": stats.get("seed")},
         },
     )
-    return CellOutcome(row=row, files={"loss.csv": curve_csv(loop.curve)})
+    return CellOutcome(row=row, files={"loss.csv": curve_csv(loop.curve),
+                                       EXAMPLES_FILE: examples.text()})

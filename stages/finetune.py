@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"SFT data missing: {data_dir}/train.jsonl (run `dvc repro prepare_sft@{dataset}`)")
 
     from efficientllm.checkpoint import CHECKPOINT_ROOT
+    from efficientllm.examples import EXAMPLES_FILE
     from efficientllm.finetune import CellSkipped, check_cell, distributed_unsupported, finetune_cell
     from efficientllm.records import CellId
     from efficientllm.training import curve_csv
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                         seq_len=sft.max_seq_len),
         result_dir=RESULT_ROOT / name,
         model_dirs=(model_dir / "adapter", model_dir / "merged") if model_dir else (),
-        failure_files=lambda status: {"loss.csv": curve_csv([])}, failed_columns={"extra": {"method": method}},
+        failure_files=lambda status: {"loss.csv": curve_csv([]), EXAMPLES_FILE: ""},
+        failed_columns={"extra": {"method": method}},
         skip=(CellSkipped,), skip_before_launch=CellSkipped(reason) if reason else None,
         checkpoint_dir=checkpoint_dir, summary=summary)
     return run_cell(cell, lambda dist: finetune_cell(

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from efficientllm.checkpoint import CHECKPOINT_ROOT
     from efficientllm.data import load_blocks
+    from efficientllm.examples import EXAMPLES_FILE
     from efficientllm.pretrain import model_config, pretrain_cell
     from efficientllm.records import CellId
     from efficientllm.training import curve_csv
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         identity=CellId(axis="pretrain", stage="pretrain", cell=slug, technique=slug, trial=args.trial,
                         seed=cfg.seed, batch_size=cfg.batch_size, seq_len=block_len),
         result_dir=Path("results/pretrain") / slug, model_dirs=(model_dir,) if model_dir else (),
-        failure_files=lambda status: {"loss.csv": curve_csv([])}, failed_columns={"extra": {"recipe": recipe}},
+        failure_files=lambda status: {"loss.csv": curve_csv([]), EXAMPLES_FILE: ""},
+        failed_columns={"extra": {"recipe": recipe}},
         checkpoint_dir=checkpoint_dir,
         summary=lambda r: (f"val_ppl={r['quality_value']:.2f} al_s={r['al_s']:.4f} "
                            f"tokens_per_s={r['tokens_per_s']:.0f} mfu={r['mfu'] or 0:.3f} "

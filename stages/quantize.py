@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"prepared corpus missing: {path} (run `dvc repro prepare`)")
 
     from efficientllm.evaluation import task_configs
+    from efficientllm.examples import EXAMPLES_FILE
     from efficientllm.inference import check_workload, quantize_cell
     from efficientllm.records import CellId
 
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         identity=CellId(axis="quantize", stage=args.stage, cell=name, technique=args.precision, model=model_name,
                         trial=args.trial, seed=cfg.seed, batch_size=cfg.batch_size, seq_len=cfg.prompt_len),
         result_dir=RESULTS_DIR / name,
-        failure_files=lambda status: {"samples.json": json.dumps({"status": status, "requests": []}) + "\n"},
+        failure_files=lambda status: {"samples.json": json.dumps({"status": status, "requests": []}) + "\n",
+                                      EXAMPLES_FILE: ""},
         failed_columns={"extra": {"precision": args.precision, "model_source": str(model_ref),
                                   "model_revision": revision, "quality_gate_ratio": cfg.quality_gate_ratio}},
         skip=(PrecisionUnsupported,), summary=_summary)

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from efficientllm import cli, records
@@ -17,55 +19,88 @@ SHAPE = {"attention": "gqa", "positional": "rope", "mlp": "swiglu", "family": "e
          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 172}
 
 
-def _row(root: Path, axis: str, stage: str, cell: str, **fields) -> None:
+def _row(root: Path, axis: str, stage: str, cell: str, examples: list[dict] | None = None, **fields) -> None:
     row = {"axis": axis, "stage": stage, "cell": cell, "technique": cell, "status": "ok", "trial": 0,
            "timestamp_utc": "2025-06-01T00:00:00Z", **fields}
-    records.write_row(root / stage / cell / "row.json", row)
+    path = records.write_row(root / stage / cell / "row.json", row)
+    if examples is not None:
+        path.with_name("examples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
+
+
+BLOCKS = np.random.default_rng(0).normal(0.0, 0.3, 40)
+"""Per-block difficulty, shared by every cell (the pairing): a block's loss is log(ppl) + difficulty + a little
+cell-specific noise, so two cells' perplexities differ by their log-ratio, tested on the same 40 blocks."""
+
+
+def _blocks(ppl: float, seed: int, noise: float = 0.02) -> list[dict]:
+    own = np.random.default_rng(seed).normal(0.0, noise, len(BLOCKS))
+    return [{"set": "val_ppl", "stat": "exp_ratio", "example": str(i), "value": (math.log(ppl) + d + e) * 31,
+             "weight": 31} for i, (d, e) in enumerate(zip(BLOCKS - BLOCKS.mean(), own - own.mean(), strict=True))]
 
 
 def _pre(root: Path, cell: str, ppl: float, mem: float | None = None, al: float | None = None,
-         aec: float | None = None, energy_source: str = "estimate", **shape) -> None:
-    """A CPU pretraining row; `mem` is its counted tensor memory (the model memory the memory claims compare),
-    its AMU (process RSS) is the same for every cell: the runtime, not the model."""
+         aec: float | None = None, energy_source: str = "estimate", seed: int = 0, **shape) -> None:
+    """A CPU pretraining row with its per-block losses; `mem` is its counted tensor memory (the model memory the
+    memory claims compare), its AMU (process RSS) is the same for every cell: the runtime, not the model."""
     anatomy = {} if mem is None else {"mem_weights_bytes": mem, "mem_grads_bytes": 0, "mem_optimizer_bytes": 0,
                                       "mem_activations_bytes": 0, "mem_kv_cache_bytes": 0}
-    _row(root, "pretrain", "pretrain", cell, quality_metric="val_ppl", quality_value=ppl, amu_bytes=5e8, al_s=al,
-         aec_w=aec, energy_source=energy_source if aec is not None else None, device="cpu", peak_mem_source="rss",
-         n_params=230_000, extra={**SHAPE, **shape}, **anatomy)
+    _row(root, "pretrain", "pretrain", cell, examples=_blocks(ppl, seed), quality_metric="val_ppl",
+         quality_value=ppl, amu_bytes=5e8, al_s=al, aec_w=aec, energy_source=energy_source if aec is not None else None,
+         device="cpu", peak_mem_source="rss", n_params=230_000,
+         extra={**SHAPE, **shape, "quality_sets": ["val_ppl"]}, **anatomy)
+
+
+def _losses(loss: float, seed: int) -> list[dict]:  # 32 eval records, the per-record losses of one cell
+    d = np.random.default_rng(1).normal(0.0, 0.2, 32)
+    own = np.random.default_rng(seed).normal(0.0, 0.01, 32)
+    return [{"set": "eval_loss", "stat": "ratio", "example": f"r{i}", "value": (loss + a + b) * 20, "weight": 20}
+            for i, (a, b) in enumerate(zip(d - d.mean(), own - own.mean(), strict=True))]
+
+
+def _answers(n_right: int, n: int = 1000) -> list[dict]:  # a task's 0/1 scores: the first n_right documents right
+    return [{"set": "cloze.acc", "stat": "ratio", "example": str(i), "value": float(i < n_right), "weight": 1.0}
+            for i in range(n)]
+
+
+NOISE = {"al_s": 0.02, "tokens_per_s": 0.02, "aec_w": 0.03, "peak_mem_bytes": 0.01}
+"""The machine's run-to-run CV the fixture's noise row records (one-trial timings are tested against it)."""
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("claims")
-    _pre(root, "mha", 20.0, 100, 0.20, 10.0)
-    _pre(root, "mqa", 21.0, 90, 0.15, 10.0, num_key_value_heads=1)
-    _pre(root, "gqa", 20.5, 95, 0.17, 10.0, num_key_value_heads=2)
-    _pre(root, "mla", 19.0, 110, 0.25, 11.0, attention="mla")
-    _pre(root, "nsa", 21.5, 105, 0.60, 9.9, attention="nsa")
-    _pre(root, "moe", 18.0, 140, 0.30, 12.0, mlp="moe")
-    _pre(root, "mamba2", 26.0, 80, 0.30, 10.0, family="mamba2")
-    _pre(root, "rwkv", 27.0, 85, 0.30, 10.0, family="rwkv")
-    _pre(root, "gptneox", 22.0, 95, 0.20, 10.0, family="gptneox")
-    _pre(root, "pe-absolute", 22.0, positional="absolute")
-    _pre(root, "pe-none", 25.0, positional="none")
-    _pre(root, "dw-deep", 20.5, num_hidden_layers=8, hidden_size=32)
-    _pre(root, "dw-wide", 23.0, num_hidden_layers=1, hidden_size=96)
-    for cell, loss, al, mem in (("full", 1.00, 0.30, 600.0), ("lora", 1.10, 0.25, 500.0), ("rslora", 1.00, 0.25, 500.0),
-                                ("dora", 1.05, 0.50, 520.0), ("freeze", 1.20, 0.35, 400.0)):
-        _row(root, "finetune", "finetune", f"{cell}-arith", technique=cell, dataset="arith", model="base",
-             quality_metric="eval_loss", quality_value=loss, al_s=al, peak_mem_bytes=mem, n_params=230_000)
+    _row(root, "noise", "noise_floor", "machine", extra={"cv": NOISE})
+    _pre(root, "mha", 20.0, 100, 0.20, 10.0, seed=1)
+    _pre(root, "mqa", 21.0, 90, 0.15, 10.0, seed=2, num_key_value_heads=1)
+    _pre(root, "gqa", 20.5, 95, 0.17, 10.0, seed=3, num_key_value_heads=2)
+    _pre(root, "mla", 19.0, 110, 0.25, 11.0, seed=4, attention="mla")
+    _pre(root, "nsa", 21.5, 105, 0.60, 9.9, seed=5, attention="nsa")
+    _pre(root, "moe", 18.0, 140, 0.30, 12.0, seed=6, mlp="moe")
+    _pre(root, "mamba2", 26.0, 80, 0.30, 10.0, seed=7, family="mamba2")
+    _pre(root, "rwkv", 27.0, 85, 0.30, 10.0, seed=8, family="rwkv")
+    _pre(root, "gptneox", 22.0, 95, 0.20, 10.0, seed=9, family="gptneox")
+    _pre(root, "pe-absolute", 22.0, seed=10, positional="absolute")
+    _pre(root, "pe-none", 25.0, seed=11, positional="none")
+    _pre(root, "dw-deep", 20.2, seed=12, num_hidden_layers=8, hidden_size=32)
+    _pre(root, "dw-wide", 23.0, seed=13, num_hidden_layers=1, hidden_size=96)
+    for seed, (cell, loss, al, mem) in enumerate((("full", 1.00, 0.30, 600.0), ("lora", 1.10, 0.25, 500.0),
+                                                  ("rslora", 1.00, 0.25, 500.0), ("dora", 1.05, 0.50, 520.0),
+                                                  ("freeze", 1.20, 0.35, 400.0))):
+        _row(root, "finetune", "finetune", f"{cell}-arith", examples=_losses(loss, seed), technique=cell,
+             dataset="arith", model="base", quality_metric="eval_loss", quality_value=loss, al_s=al,
+             peak_mem_bytes=mem, n_params=230_000, extra={"quality_sets": ["eval_loss"]})
     _row(root, "finetune", "finetune", "lora-medical", technique="lora", dataset="medical", model="base",
          quality_metric="eval_loss", quality_value=1.0, al_s=0.2)
     _row(root, "finetune", "finetune", "dora-medical", technique="dora", dataset="medical", model="base",
          quality_metric="eval_loss", quality_value=1.0, al_s=0.4)
     _row(root, "finetune", "finetune", "freeze-medical", technique="freeze", dataset="medical", model="base",
          status="failed", error="RuntimeError: no blocks to freeze\nTraceback ...")
-    for cell, size, score, al, aec, extra in (("bf16", 1000.0, 0.50, 0.10, 5.0, {}),
-                                             ("fp16", 1000.0, 0.50, 0.12, 6.0, {}),
-                                             ("int4", 270.0, 0.48, 0.09, 4.0, {"weight_bytes_other": 20.0})):
-        _row(root, "quantize", "quantize", f"base-{cell}", technique=cell, model="m", quality_metric="acc",
-             quality_value=score, model_size_bytes=size, al_s=al, aec_w=aec, energy_source="nvml", device="cuda:0",
-             extra={"precision": cell, **extra})
+    for cell, size, right, al, aec, extra in (("bf16", 1000.0, 500, 0.10, 5.0, {}),
+                                             ("fp16", 1000.0, 500, 0.12, 6.0, {}),
+                                             ("int4", 270.0, 495, 0.09, 4.0, {"weight_bytes_other": 20.0})):
+        _row(root, "quantize", "quantize", f"base-{cell}", examples=_answers(right), technique=cell, model="m",
+             quality_metric="cloze.acc", quality_value=right / 1000, model_size_bytes=size, al_s=al, aec_w=aec,
+             energy_source="nvml", device="cuda:0", extra={"precision": cell, "quality_sets": ["cloze.acc"], **extra})
     for cell, size, extra in (("bf16", 1000.0, {}), ("int4", 700.0, {"weight_bytes_other": 500.0})):
         _row(root, "quantize", "quantize_sft", f"sft-{cell}", technique=cell, model="m", quality_metric="acc",
              quality_value=0.5, model_size_bytes=size, extra={"precision": cell, **extra})
@@ -79,74 +114,90 @@ def results(root) -> dict[tuple[str, str | None], claims.ClaimResult]:
 
 
 @pytest.mark.parametrize(
-    ("claim", "board", "verdict", "why"),
+    ("claim", "board", "verdict", "why", "method"),
     [
-        # model memory 90 < gqa 95 (5.3%) and AL 0.15 < gqa 0.17 (11.8%), both beyond the 2% single-trial tolerance
-        ("mqa-memory-latency", "", claims.AGREES, "mqa has the lowest model memory; mqa has the lowest AL"),
-        ("mla-perplexity", "", claims.AGREES, "mla has the lowest perplexity"),  # 19 < mha 20
+        # model memory is counted tensor bytes on a CPU (exact); AL 0.15 vs gqa 0.17 is 12.5% apart, 4.4 times the
+        # sqrt(2) x 2% noise floor: p ~ 1e-5
+        ("mqa-memory-latency", "", claims.AGREES, "mqa has the lowest model memory; mqa has the lowest AL",
+         "exact"),
+        # 19 vs 20 on the same 40 blocks (paired): the 5% gap is ~7 sd of the per-block differences
+        ("mla-perplexity", "", claims.AGREES, "mla has the lowest perplexity", "paired-bootstrap"),
         # the CPU rows' energy is an estimate: no energy verdict, although nsa is clearly the slowest (0.60 s)
         ("nsa-energy-latency", "", claims.NOT_MEASURABLE,
-         "energy is an estimate for gqa, mha, mla, mqa, nsa (no NVML / RAPL counter)"),
+         "energy is an estimate for gqa, mha, mla, mqa, nsa (no NVML / RAPL counter)", ""),
         ("moe-quality-memory", "", claims.AGREES,
-         "moe has lower perplexity than mha; moe has higher model memory than mha"),
-        # 80 < rwkv 85 < gptneox 95 < mha 100
-        ("mamba-memory", "", claims.AGREES, "mamba2 has the lowest model memory"),
+         "moe has lower perplexity than mha; moe has higher model memory than mha", "paired-bootstrap"),
+        # 80 < rwkv 85 < gptneox 95 < mha 100, counted bytes
+        ("mamba-memory", "", claims.AGREES, "mamba2 has the lowest model memory", "exact"),
         # mha is the rope cell (same shape as pe-*): 20 < absolute 22 < none 25; mqa / mla differ in shape
-        ("rope-perplexity", "", claims.AGREES, "rope has the lowest perplexity"),
-        # shapes 2x64 (mha) 20, 8x32 20.5 (2.5% worse), 1x96 23: two of three within 5% of the best
-        ("depth-width-flat", "", claims.AGREES, "2 of 3 shapes within 5% of the best (2x64)"),
-        # arith: freeze 0.35 s is slower than lora / rslora 0.25 s; dora 0.50 s is the slowest
-        ("freeze-fastest", "base · arith", claims.DISAGREES, "lora has a lower AL"),
-        ("dora-slowest", "base · arith", claims.AGREES, "dora has the highest AL"),
-        ("dora-slowest", "base · medical", claims.AGREES, "dora has the highest AL"),
+        ("rope-perplexity", "", claims.AGREES, "rope has the lowest perplexity", "paired-bootstrap"),
+        # 2x64 (mha) 20 vs 8x32 20.2: the difference's 95% CI lies inside 5% of the best
+        ("depth-width-flat", "", claims.AGREES, "within 5% of the best (2x64), 95% CI inside the band",
+         "paired-bootstrap"),
+        # arith: freeze 0.35 s is 33% slower than lora / rslora 0.25 s (noise floor 2%): freeze is not fastest
+        ("freeze-fastest", "base · arith", claims.DISAGREES, "lora has a lower AL", "noise-floor"),
+        ("dora-slowest", "base · arith", claims.AGREES, "dora has the highest AL", "noise-floor"),
+        ("dora-slowest", "base · medical", claims.AGREES, "dora has the highest AL", "noise-floor"),
         # freeze-medical failed: not measurable, and the report says why
         ("freeze-fastest", "base · medical", claims.NOT_MEASURABLE,
-         "no ok freeze cell with AL (freeze-medical failed: RuntimeError: no blocks to freeze)"),
-        # 0.23M parameters (< 14B): the paper expects LoRA at least as good; rslora 1.00 beats lora 1.10 by 9%
-        ("rslora-scale", "base · arith", claims.DISAGREES, "the paper expects lora at least as good at this size"),
-        # 1000 / 270 = 3.70x measured at a 1 - 0.48 / 0.50 = 4% drop
-        ("int4-compression", "quantize", claims.AGREES, "3.70× at a 4.0% quality drop"),
+         "no ok freeze cell with AL (freeze-medical failed: RuntimeError: no blocks to freeze)", ""),
+        # 0.23M parameters (< 14B): the paper expects LoRA at least as good; rslora 1.00 beats lora 1.10 on the
+        # same 32 records
+        ("rslora-scale", "base · arith", claims.DISAGREES, "the paper expects lora at least as good at this size",
+         "paired-bootstrap"),
+        # 1000 / 270 = 3.70x measured; int4 gets 5 of bf16's 500 right answers wrong: a 1% drop, CI under 5%
+        ("int4-compression", "quantize", claims.AGREES, "3.70× at a quality drop whose 95% CI", "paired-bootstrap"),
         # 1000 / 700 = 1.43x, but 500 of the int4 model's 700 bytes (71%) are 16-bit layers
-        ("int4-compression", "quantize_sft", claims.NOT_MEASURABLE, "71% of the int4 model's bytes are layers kept"),
-        ("bf16-vs-fp16", "quantize", claims.AGREES, "bf16 has lower AL than fp16; bf16 has lower AEC than fp16"),
+        ("int4-compression", "quantize_sft", claims.NOT_MEASURABLE, "71% of the int4 model's bytes are layers kept",
+         ""),
+        # GPU rows with metered energy: AL 0.10 vs 0.12 and AEC 5 vs 6 W, both far beyond the noise floor
+        ("bf16-vs-fp16", "quantize", claims.AGREES, "bf16 has lower AL than fp16; bf16 has lower AEC than fp16",
+         "noise-floor"),
     ],
 )
-def test_claim_verdicts(results, claim, board, verdict, why):
+def test_claim_verdicts(results, claim, board, verdict, why, method):
     got = results[(claim, board)]
     assert got.verdict == verdict, got
     assert why in got.why, got
+    assert got.evidence.startswith(method), got.evidence
+    if verdict in (claims.AGREES, claims.DISAGREES) and got.p is not None:
+        assert got.p_holm is not None and got.p_holm < 0.05, got
 
 
 def test_claims_report_their_numbers(results):
     assert results[("mqa-memory-latency", "")].measured == (
         "model memory: mqa 8.58e-05 MiB; best other gqa 9.06e-05 MiB (of 5) · AL: mqa 150 ms; best other gqa 170 ms "
         "(of 5)")
-    assert "bf16 9.54e-04 MiB -> int4 2.57e-04 MiB = 3.70× measured (4× nominal); acc drop 4.0%" in results[
+    assert "bf16 9.54e-04 MiB -> int4 2.57e-04 MiB = 3.70× measured (4× nominal); cloze.acc drop 1.0%" in results[
         ("int4-compression", "quantize")].measured
+    # the evidence names the test, n, the difference with its CI and p
+    assert results[("mla-perplexity", "")].evidence.startswith("paired-bootstrap, 1 vs 1 trials x 40 examples: diff ")
 
 
 def test_energy_and_gpu_claims_need_a_meter_and_a_gpu(tmp_path):
     """Energy is judged on measured joules only, the Hopper claim on GPU rows only (both not measurable
-    otherwise); with a meter, a 1% AEC difference in one trial is within noise."""
+    otherwise); with a meter, a 1% AEC difference in one trial is below twice the 3% noise floor."""
+    _row(tmp_path, "noise", "noise_floor", "machine", extra={"cv": NOISE})
     for cell, aec in (("mha", 10.0), ("mqa", 10.0), ("nsa", 9.9)):
         _pre(tmp_path, cell, 20.0, 100, 0.6 if cell == "nsa" else 0.2, aec, energy_source="rapl")
     for cell, al, aec in (("bf16", 0.10, 5.0), ("fp16", 0.12, 6.0)):  # a CPU run of the bf16 / fp16 cells
         _row(tmp_path, "quantize", "quantize", f"base-{cell}", technique=cell, model="m", quality_metric="acc",
              quality_value=0.5, al_s=al, aec_w=aec, energy_source="rapl", device="cpu", extra={"precision": cell})
     got = {r.claim_id: r for r in claims.check_claims(views.connect(str(tmp_path / "*" / "*" / "row.json")))}
-    assert got["nsa-energy-latency"].verdict == claims.NOT_MEASURABLE
-    assert "AEC within noise: they differ by 1.0%" in got["nsa-energy-latency"].why
+    assert got["nsa-energy-latency"].verdict == claims.NOT_DISTINGUISHABLE
+    assert "below 2 x the floor: not distinguishable" in got["nsa-energy-latency"].why
     assert got["bf16-vs-fp16"].verdict == claims.NOT_MEASURABLE
     assert got["bf16-vs-fp16"].why == "a GPU claim, and these rows ran on cpu"
 
 
 def test_rslora_within_noise_is_no_verdict(tmp_path):
-    """Below 14B the paper expects LoRA at least as good: equal losses within noise are no evidence for it."""
+    """Below 14B the paper expects LoRA at least as good: equal losses (one trial, no examples) are no evidence."""
     for cell in ("lora", "rslora"):
         _row(tmp_path, "finetune", "finetune", f"{cell}-arith", technique=cell, dataset="arith", model="base",
              quality_metric="eval_loss", quality_value=1.0 if cell == "lora" else 1.005, n_params=230_000)
     got = {r.claim_id: r for r in claims.check_claims(views.connect(str(tmp_path / "*" / "*" / "row.json")))}
-    assert got["rslora-scale"].verdict == claims.NOT_MEASURABLE and "within noise" in got["rslora-scale"].why
+    assert got["rslora-scale"].verdict == claims.NOT_DISTINGUISHABLE
+    assert "no test of a quality difference" in got["rslora-scale"].why
 
 
 def test_every_claim_has_one_result_even_without_rows(tmp_path):
@@ -201,3 +252,21 @@ def test_recommend_cli_json_and_bad_limits(root, capsys):
     assert {x["reason"] for x in boards["quantize"]["rejected"]} == {"no peak memory measured"}
     assert cli.main(["recommend", "--rows", str(root / "*" / "*" / "row.json"), "--max-latency-s", "-1"]) == 2
     assert "max_latency_s must be >= 0" in capsys.readouterr().err
+
+
+def test_compare_two_cells_with_the_test_that_fits_each_metric(root, capsys):
+    rows_glob = str(root / "*" / "*" / "row.json")
+    assert cli.main(["compare", "--cells", "pretrain@mla", "mha", "--rows", rows_glob, "--format", "json"]) == 0
+    got = {r["metric"]: r for r in json.loads(capsys.readouterr().out)}
+    # perplexity 19 vs 20 on the same 40 blocks: lower is better, so mla is better, by a paired bootstrap
+    assert got["quality"]["test"] == "paired-bootstrap" and got["quality"]["verdict"] == "better"
+    assert got["quality"]["ci95_high"] < 0 < 1 - got["quality"]["p"]
+    # AL 0.25 vs 0.20 s, one trial each: 22% apart against a 2% noise floor, so mla is slower
+    assert got["al_s"]["test"] == "noise-floor" and got["al_s"]["verdict"] == "worse"
+    assert got["model_mem_bytes"]["test"] == "exact" and got["model_mem_bytes"]["diff"] == 10.0
+    assert cli.main(["compare", "--cells", "pretrain@mla", "pretrain@mha", "--rows", rows_glob]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("# pretrain@mla vs pretrain@mha")
+    assert "| paired-bootstrap (1 vs 1 trials x 40 examples) |" in md
+    assert cli.main(["compare", "--cells", "pretrain@nope", "mha", "--rows", rows_glob]) == 2
+    assert "'pretrain@nope' has no ok row (ok cells: " in capsys.readouterr().err

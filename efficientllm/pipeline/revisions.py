@@ -25,6 +25,7 @@ from pathlib import Path
 import duckdb
 
 from efficientllm import records
+from efficientllm.examples import EXAMPLES_FILE
 from efficientllm.report import views
 
 
@@ -55,7 +56,7 @@ def load_revision(rev: str, repo: str | os.PathLike = ".",
     """
     repo = Path(repo)
     if rev == views.WORKSPACE:
-        return views.RevisionRows(views.WORKSPACE, None, views.load_rows(str(repo / pattern)))
+        return views.load_workspace(str(repo / pattern))
 
     from dvc.api import DVCFileSystem
     from dvc.exceptions import DvcException
@@ -67,7 +68,7 @@ def load_revision(rev: str, repo: str | os.PathLike = ".",
         paths = sorted(fs.glob(pattern))
     except DvcException as e:
         raise RevisionError(f"cannot open {repo} at revision {rev!r}: {e}") from None
-    rows = []
+    rows, examples = [], {}
     try:
         for path in paths:
             where = f"{rev}:{path}"
@@ -82,9 +83,14 @@ def load_revision(rev: str, repo: str | os.PathLike = ".",
             except (OSError, UnicodeDecodeError, DvcException) as e:
                 raise RevisionError(f"cannot read row file {where}: {e}") from None
             rows.append(_typed(text, where))
+            beside = f"{path.rsplit('/', 1)[0]}/{EXAMPLES_FILE}" if "/" in path else EXAMPLES_FILE
+            try:  # the per-example file of an older revision may not exist (or not be fetched): its tests then go
+                examples[where] = fs.read_text(beside, encoding="utf-8")  # without examples, as before it existed
+            except (OSError, UnicodeDecodeError, DvcException):
+                pass
     finally:
         fs.repo.close()
-    return views.RevisionRows(rev, commit, rows)
+    return views.RevisionRows(rev, commit, rows, examples)
 
 
 def load_revisions(revs: Sequence[str], repo: str | os.PathLike = ".",

@@ -64,6 +64,7 @@ RATIO_METRICS = ("quality", "peak_mem_bytes", "al_s")
 BASELINES = {axis: board.baseline for axis, board in views.LEADERBOARDS.items()}
 
 VERDICT_TEXT = {claims.AGREES: "**agrees**", claims.DISAGREES: "**disagrees**",
+                claims.NOT_DISTINGUISHABLE: "not distinguishable",
                 claims.NOT_MEASURABLE: "not measurable at this scale"}
 
 LEGEND = """\
@@ -164,19 +165,23 @@ def _summary(con: duckdb.DuckDBPyConnection, n_files: int) -> list[str]:
 def _claims_section(results: Sequence[claims.ClaimResult]) -> list[str]:
     out = ["## The paper's claims, checked", "",
            "Each finding of the EfficientLLM study (arXiv 2505.13840) that this benchmark can test, our numbers, and "
-           "a verdict: *agrees* / *disagrees* when the measured order matches / contradicts the paper's, *not "
-           "measurable at this scale* when a cell is missing or failed, or the difference is within noise (the 95% "
-           f"CIs overlap, or, with one trial, the means differ by less than {claims.TOLERANCE:.0%}). The checks "
-           "are data: a rule each in `efficientllm/report/claims.py`, over a query in "
-           "`efficientllm/report/sql/claims/`. Full table: `claims.csv`.", ""]
+           "a verdict. *agrees* / *disagrees*: the measured order matches / contradicts the paper's, and the "
+           "difference it rests on is significant at 95% after Holm's correction over this report's tested claims "
+           "(a paired bootstrap over the examples for quality, Welch's test over trials, the machine's noise floor "
+           "for a one-trial timing, exact for counted bytes); *not distinguishable*: it is not; *not measurable at "
+           "this scale*: a cell is missing or failed, or the quantity cannot be measured here. The evidence column "
+           "gives the test, n, the difference with its 95% CI and p. The checks are data: a rule each in "
+           "`efficientllm/report/claims.py`, over a query in `efficientllm/report/sql/claims/`. Full table: "
+           "`claims.csv`.", ""]
     body = []
     for r in results:
         where = " · ".join(p for p in (r.stage if r.stage != r.axis else "", r.board) if p)
         body.append([r.finding + (f" ({where})" if where else ""), r.measured, VERDICT_TEXT.get(r.verdict, r.verdict),
-                     r.why])
+                     r.why, r.evidence.replace("|", "/") + (f" (Holm p={r.p_holm:.3f})" if r.p_holm is not None
+                                                           else "")])
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICT_TEXT}
-    out += [tables.markdown_table(["finding (paper)", "measured here", "verdict", "why"], body,
-                                  [True, True, True, True]), "",
+    out += [tables.markdown_table(["finding (paper)", "measured here", "verdict", "why", "evidence"], body,
+                                  [True, True, True, True, True]), "",
             "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", ""]
     return out
 
@@ -362,9 +367,11 @@ def _copy_atomic(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path, op
 def _claims_csv(results: Sequence[claims.ClaimResult]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["claim_id", "axis", "finding", "rev", "stage", "board", "verdict", "measured", "why"])
+    writer.writerow(["claim_id", "axis", "finding", "rev", "stage", "board", "verdict", "measured", "why", "evidence",
+                     "p", "p_holm"])
     for r in results:
-        writer.writerow([r.claim_id, r.axis, r.finding, r.rev, r.stage, r.board, r.verdict, r.measured, r.why])
+        writer.writerow([r.claim_id, r.axis, r.finding, r.rev, r.stage, r.board, r.verdict, r.measured, r.why,
+                         r.evidence, r.p, r.p_holm])
     return buf.getvalue()
 
 

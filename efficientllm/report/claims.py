@@ -5,11 +5,15 @@ benchmark can test. Each `Claim` names the query that fetches the numbers it nee
 (report/sql/claims/<query>.sql) and has a rule that turns those numbers, one board at a time (rev, stage,
 board), into a `Verdict`:
 
-- AGREES / DISAGREES: the measured ordering matches / contradicts the paper's;
-- NOT_MEASURABLE ("not measurable at this scale"): a cell it needs is missing or failed, or the difference
-  is within noise: the 95% CIs of the two means overlap or, with a single trial (no CI), the means differ
-  by less than the claim's `tolerance` (2% unless a claim says otherwise).
+- AGREES / DISAGREES: the measured ordering matches / contradicts the paper's, and the difference it rests on is
+  significant at 95 % after Holm's correction over every claim of the report (efficientllm.report.stats; the
+  test that fits each metric is chosen by efficientllm.report.evidence: a paired bootstrap over the examples for
+  quality, Welch over trials, the machine's noise floor for a one-trial timing, exact for counted bytes);
+- NOT_DISTINGUISHABLE: the difference is not significant (or no test can be made: one trial and no noise floor);
+- NOT_MEASURABLE ("not measurable at this scale"): a cell it needs is missing or failed, or the quantity cannot
+  be measured here (energy without a meter, a GPU claim on a CPU).
 
+Every result carries its evidence (test, n, difference with its 95 % CI, p and Holm's adjusted p).
 `check_claims(con)` runs them all; the report prints the result as a table.
 
     efficientllm sql "SELECT 1"  # the views; the claims table is in reports/index.md after `dvc repro report`
@@ -17,22 +21,24 @@ board), into a `Verdict`:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 
-from efficientllm.report import tables, views
+from efficientllm.report import stats, tables, views
+from efficientllm.report.evidence import Evidence
 
 AGREES = "agrees"
 DISAGREES = "disagrees"
+NOT_DISTINGUISHABLE = "not distinguishable"
 NOT_MEASURABLE = "not measurable at this scale"
 
-TOLERANCE = 0.02
-"""Relative difference below which two single-trial means are treated as equal (no CI to tell noise from signal)."""
-
 Row = dict[str, Any]
+Compare = Callable[[Row, Row], stats.Comparison]
+"""The comparison of two rows of a claim's query (same rev, stage, metric; their cells), a - b."""
 
 
 @dataclass(frozen=True)
@@ -45,10 +51,14 @@ class Verdict:
     """Why this verdict, one line."""
     missing: tuple[str, ...] = ()
     """Techniques the rule needed but found no ok cell for (the report adds why, from `failures`)."""
+    p: float | None = None
+    """The p-value of the comparison the verdict rests on (None: no test; exact differences have 0)."""
+    evidence: str = ""
+    """The test, n, difference with its 95 % CI and p, one line."""
 
 
-Rule = Callable[[list[Row]], Verdict]
-"""Rows of a claim's query for one (rev, stage, board) -> the verdict."""
+Rule = Callable[[list[Row], Compare], Verdict]
+"""Rows of a claim's query for one (rev, stage, board), and the comparator -> the verdict."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,10 @@ class ClaimResult:
     verdict: str
     measured: str
     why: str
+    evidence: str = ""
+    """The test behind the verdict: n, difference with its 95 % CI, p (and Holm's adjusted p)."""
+    p: float | None = None
+    p_holm: float | None = None
 
 
 # --- comparing two means ----------------------------------------------------------------------------------------
@@ -93,17 +107,18 @@ def _unit(row: Row) -> str:
     return f" {shown}" if shown else ""
 
 
-def _order(a: Row, b: Row, tolerance: float) -> tuple[str, str]:
-    """('<', '>' or '~', reason) for a.mean against b.mean; '~' when the difference is within noise."""
-    if a.get("ci95_low") is not None and b.get("ci95_low") is not None:
-        if a["ci95_low"] <= b["ci95_high"] and b["ci95_low"] <= a["ci95_high"]:
-            return "~", "their 95% CIs overlap"
-    else:
-        scale = max(abs(a["mean"]), abs(b["mean"]))
-        gap = abs(a["mean"] - b["mean"]) / scale if scale else 0.0
-        if gap < tolerance:
-            return "~", f"they differ by {gap:.1%} (< {tolerance:.0%}) with a single trial, so no CI"
-    return ("<" if a["mean"] < b["mean"] else ">"), ""
+def _order(a: Row, b: Row, compare: Compare) -> tuple[str, str, stats.Comparison]:
+    """('<', '>' or '~', reason, the comparison) for a's mean against b's: '~' unless the test says the
+    difference is significant (p < 0.05 before the report's Holm correction)."""
+    c = compare(a, b)
+    if not c.significant:
+        why = c.note or (f"p={c.p:.3f} ({c.method}, {c.n})" if c.p is not None else f"no test ({c.method})")
+        return "~", f"not significant: {why}", c
+    return ("<" if a["mean"] < b["mean"] else ">"), "", c
+
+
+def _verdict(verdict: str, measured: str, why: str, c: stats.Comparison | None, missing: tuple = ()) -> Verdict:
+    return Verdict(verdict, measured, why, missing, None if c is None else c.p, "" if c is None else c.evidence())
 
 
 def _by_metric(rows: list[Row], metric: str) -> dict[str, Row]:
@@ -115,12 +130,11 @@ def _by_metric(rows: list[Row], metric: str) -> dict[str, Row]:
     return out
 
 
-def extreme(metric: str, targets: Sequence[str], lowest: bool, name: str, tolerance: float = TOLERANCE,
-            group: str = "technique") -> Rule:
+def extreme(metric: str, targets: Sequence[str], lowest: bool, name: str, group: str = "technique") -> Rule:
     """The best of `targets` has the lowest (or highest) mean of `metric` among every technique in the rows
-    (`group` names what the others are, for the message when there are none)."""
+    (`group` names what the others are, for the message when there are none); tested against the best other."""
 
-    def rule(rows: list[Row]) -> Verdict:
+    def rule(rows: list[Row], compare: Compare) -> Verdict:
         cells = _by_metric(rows, metric)
         present = [t for t in targets if t in cells]
         if not present:
@@ -134,31 +148,30 @@ def extreme(metric: str, targets: Sequence[str], lowest: bool, name: str, tolera
         rival = pick(others, key=lambda r: r["mean"])
         measured = (f"{name}: {target['technique_key']} {_fmt(target)}{_unit(target)}; best other "
                     f"{rival['technique_key']} {_fmt(rival)}{_unit(rival)} (of {len(cells)})")
-        order, reason = _order(target, rival, tolerance)
+        order, reason, c = _order(target, rival, compare)
         word = "lowest" if lowest else "highest"
         if order == "~":
-            return Verdict(NOT_MEASURABLE, measured, f"{name} within noise: {reason}")
+            return _verdict(NOT_DISTINGUISHABLE, measured, f"{name}: {reason}", c)
         if (order == "<") == lowest:
-            return Verdict(AGREES, measured, f"{target['technique_key']} has the {word} {name}")
-        return Verdict(DISAGREES, measured, f"{rival['technique_key']} has a {'lower' if lowest else 'higher'} {name}")
+            return _verdict(AGREES, measured, f"{target['technique_key']} has the {word} {name}", c)
+        return _verdict(DISAGREES, measured, f"{rival['technique_key']} has a {'lower' if lowest else 'higher'} "
+                                             f"{name}", c)
 
     return rule
 
 
-def lowest(metric: str, targets: Sequence[str], name: str, group: str = "technique",
-           tolerance: float = TOLERANCE) -> Rule:
-    return extreme(metric, targets, True, name, tolerance, group)
+def lowest(metric: str, targets: Sequence[str], name: str, group: str = "technique") -> Rule:
+    return extreme(metric, targets, True, name, group)
 
 
-def highest(metric: str, targets: Sequence[str], name: str, group: str = "technique",
-            tolerance: float = TOLERANCE) -> Rule:
-    return extreme(metric, targets, False, name, tolerance, group)
+def highest(metric: str, targets: Sequence[str], name: str, group: str = "technique") -> Rule:
+    return extreme(metric, targets, False, name, group)
 
 
-def versus(metric: str, target: str, other: str, expect: str, name: str, tolerance: float = TOLERANCE) -> Rule:
+def versus(metric: str, target: str, other: str, expect: str, name: str) -> Rule:
     """`target`'s mean of `metric` is `expect` ('lower' / 'higher') than `other`'s."""
 
-    def rule(rows: list[Row]) -> Verdict:
+    def rule(rows: list[Row], compare: Compare) -> Verdict:
         cells = _by_metric(rows, metric)
         missing = tuple(t for t in (target, other) if t not in cells)
         if missing:
@@ -167,13 +180,13 @@ def versus(metric: str, target: str, other: str, expect: str, name: str, toleran
         change = (a["mean"] - b["mean"]) / abs(b["mean"]) if b["mean"] else None
         measured = (f"{name}: {target} {_fmt(a)}{_unit(a)} vs {other} {_fmt(b)}{_unit(b)} "
                     f"({tables.percent_change(change)})")
-        order, reason = _order(a, b, tolerance)
+        order, reason, c = _order(a, b, compare)
         if order == "~":
-            return Verdict(NOT_MEASURABLE, measured, f"{name} within noise: {reason}")
+            return _verdict(NOT_DISTINGUISHABLE, measured, f"{name}: {reason}", c)
         if (order == "<") == (expect == "lower"):
-            return Verdict(AGREES, measured, f"{target} has {expect} {name} than {other}")
-        return Verdict(DISAGREES, measured, f"{target} has {'higher' if expect == 'lower' else 'lower'} {name} "
-                                            f"than {other}")
+            return _verdict(AGREES, measured, f"{target} has {expect} {name} than {other}", c)
+        return _verdict(DISAGREES, measured, f"{target} has {'higher' if expect == 'lower' else 'lower'} {name} "
+                                             f"than {other}", c)
 
     return rule
 
@@ -186,12 +199,12 @@ def metered(rule: Rule, metric: str = "aec_w") -> Rule:
     """`rule`, judged only when every row of `metric` has measured joules (energy_source nvml or rapl): a CPU
     energy estimate is CPU time x watts per core, i.e. a rescaled PCU, and proves nothing about energy."""
 
-    def checked(rows: list[Row]) -> Verdict:
+    def checked(rows: list[Row], compare: Compare) -> Verdict:
         estimated = sorted({r["technique_key"] for r in rows if r["metric"] == metric and not r.get("energy_measured")})
         if estimated:
             return Verdict(NOT_MEASURABLE, "—", f"energy is an estimate for {', '.join(estimated)} (no NVML / RAPL "
                                                 "counter): energy claims are judged on measured joules only")
-        return rule(rows)
+        return rule(rows, compare)
 
     return checked
 
@@ -199,79 +212,104 @@ def metered(rule: Rule, metric: str = "aec_w") -> Rule:
 def on_gpu(rule: Rule) -> Rule:
     """`rule`, judged only on GPU rows: for claims the paper made about GPUs (bf16 vs fp16 on Hopper)."""
 
-    def checked(rows: list[Row]) -> Verdict:
+    def checked(rows: list[Row], compare: Compare) -> Verdict:
         devices = sorted({str(r.get("device")) for r in rows if not str(r.get("device") or "").startswith("cuda")})
         if devices:
             return Verdict(NOT_MEASURABLE, "—", f"a GPU claim, and these rows ran on {', '.join(devices)}")
-        return rule(rows)
+        return rule(rows, compare)
 
     return checked
 
 
 def near(metric: str, targets: Sequence[str], reference: str, band: float, name: str) -> Rule:
     """Every target's mean of `metric` is no worse than `reference`'s by more than `band` (relative, in the metric's
-    direction): the technique "keeps" the reference's quality. Disagrees naming the worst target. A band, not a
-    test of a difference: `compare` (when the report passes one) is not used."""
+    direction): the technique "keeps" the reference's quality. An equivalence decision on each target's 95 % CI of
+    the difference: agrees when every upper bound of its relative worseness is within the band, disagrees when
+    one target is significantly worse by more than the band, not distinguishable otherwise (also when there is no
+    interval: one trial and no per-example scores)."""
 
-    def rule(rows: list[Row], compare: Any = None) -> Verdict:
-        del compare
+    def rule(rows: list[Row], compare: Compare) -> Verdict:
         cells = _by_metric(rows, metric)
         missing = tuple(t for t in (*targets, reference) if t not in cells)
         if missing:
             return Verdict(NOT_MEASURABLE, "—", f"no ok {' / '.join(missing)} cell with {name}", missing)
         ref = cells[reference]
         higher = bool(ref.get("higher_is_better"))
-        worse = {t: (ref["mean"] - cells[t]["mean"] if higher else cells[t]["mean"] - ref["mean"]) / abs(ref["mean"])
-                 for t in targets} if ref["mean"] else {t: 0.0 for t in targets}
-        measured = f"{name}: {reference} {_fmt(ref)}; " + ", ".join(
-            f"{t} {_fmt(cells[t])} ({tables.percent_change(-worse[t] if higher else worse[t])})" for t in targets)
-        worst = max(worse, key=worse.get)
-        if worse[worst] > band:
-            return Verdict(DISAGREES, measured, f"{worst}'s {name} is {worse[worst]:.0%} worse than {reference}'s "
-                                                f"(> {band:.0%})")
-        return Verdict(AGREES, measured, f"every one within {band:.0%} of {reference}'s {name} (or better)")
+        scale = abs(ref["mean"]) or 1.0
+        measured = f"{name}: {reference} {_fmt(ref)}; " + ", ".join(f"{t} {_fmt(cells[t])}" for t in targets)
+        worst, comparisons = None, []
+        for t in targets:
+            c = compare(cells[t], ref)  # t - reference
+            comparisons.append(c)
+            if c.ci_low is None:
+                why = f"{t} vs {reference}: no interval ({c.note or c.method})"
+                return _verdict(NOT_DISTINGUISHABLE, measured, why, c)
+            lo, hi = ((-c.ci_high, -c.ci_low) if higher else (c.ci_low, c.ci_high))  # worseness, absolute
+            if c.significant and lo / scale > band:
+                return _verdict(DISAGREES, measured, f"{t}'s {name} is worse than {reference}'s by {lo / scale:.0%} "
+                                                     f"or more (95% CI; > {band:.0%})", c)
+            if hi / scale > band:
+                worst = (t, hi / scale)
+        evidence = " · ".join(c.evidence() for c in comparisons)
+        if worst is not None:
+            return Verdict(NOT_DISTINGUISHABLE, measured, f"{worst[0]} may be up to {worst[1]:.0%} worse than "
+                                                          f"{reference} (95% CI): not within {band:.0%}",
+                           evidence=evidence)
+        # an equivalence decision (every CI inside the band): outside Holm's family, p stays None
+        return Verdict(AGREES, measured, f"every one within {band:.0%} of {reference}'s {name} at 95%",
+                       evidence=evidence)
 
     return rule
 
 
 def all_of(*rules: Rule) -> Rule:
-    """Every part must agree; one disagreeing part disagrees; otherwise not measurable."""
+    """Every part must agree (p: the largest of theirs, the intersection-union test); one disagreeing part
+    disagrees (p: its own); otherwise not measurable, then not distinguishable."""
 
-    def rule(rows: list[Row]) -> Verdict:
-        parts = [r(rows) for r in rules]
+    def rule(rows: list[Row], compare: Compare) -> Verdict:
+        parts = [r(rows, compare) for r in rules]
         measured = " · ".join(p.measured for p in parts if p.measured != "—") or "—"
         missing = tuple(dict.fromkeys(m for p in parts for m in p.missing))
         if missing:  # one reason, not one per part
             return Verdict(NOT_MEASURABLE, measured, f"no ok {' / '.join(missing)} cell", missing)
         why = "; ".join(p.why for p in parts)  # every part, so a partial agreement stays visible
-        for verdict in (DISAGREES, NOT_MEASURABLE):
+        evidence = " · ".join(p.evidence for p in parts if p.evidence)
+        disagreeing = [p for p in parts if p.verdict == DISAGREES]
+        if disagreeing:
+            return Verdict(DISAGREES, measured, why, missing, min(p.p for p in disagreeing), evidence)
+        for verdict in (NOT_MEASURABLE, NOT_DISTINGUISHABLE):
             if any(p.verdict == verdict for p in parts):
-                return Verdict(verdict, measured, why, missing)
-        return Verdict(AGREES, measured, why, missing)
+                return Verdict(verdict, measured, why, missing, None, evidence)
+        return Verdict(AGREES, measured, why, missing, max(p.p for p in parts), evidence)
 
     return rule
 
 
 def flat_optimum(metric: str, name: str, band: float = 0.05, min_cells: int = 3) -> Rule:
-    """A broad optimum: besides the best cell, at least one other lies within `band` (relative) of it, or its
-    95% CI overlaps the best one's. Disagrees when the best is clearly ahead of every other shape."""
+    """A broad optimum: the best shape and the runner-up are equivalent within `band` (relative): the 95 % CI of
+    their difference lies inside +- band x best (an equivalence test). Disagrees when the best is significantly
+    better than the runner-up by more than the band; not distinguishable otherwise."""
 
-    def rule(rows: list[Row]) -> Verdict:
+    def rule(rows: list[Row], compare: Compare) -> Verdict:
         cells = sorted(_by_metric(rows, metric).values(), key=lambda r: r["mean"])
         if len(cells) < min_cells:
             return Verdict(NOT_MEASURABLE, "—", f"{len(cells)} ok depth-width cells with {name}; "
                                                 f"needs {min_cells}")
-        best = cells[0]
-        near = [r for r in cells[1:] if (r["mean"] - best["mean"]) / abs(best["mean"]) <= band
-                or _order(r, best, 0.0)[0] == "~"]
+        best, second = cells[0], cells[1]
         shapes = ", ".join(f"{r['technique_key']} ({r['cell']}) {_fmt(r)}" for r in cells)
         measured = f"{name}: {shapes}"
-        if near:
-            return Verdict(AGREES, measured, f"{len(near) + 1} of {len(cells)} shapes within {band:.0%} of the best "
-                                             f"({best['technique_key']})")
-        gap = (cells[1]["mean"] - best["mean"]) / abs(best["mean"])
-        return Verdict(DISAGREES, measured, f"{best['technique_key']} is {gap:.1%} better than every other shape "
-                                            f"(> {band:.0%})")
+        c = compare(second, best)
+        margin = band * abs(best["mean"])
+        gap = (second["mean"] - best["mean"]) / abs(best["mean"])
+        if c.ci_low is not None and -margin <= c.ci_low and c.ci_high <= margin:  # equivalence: outside Holm
+            return Verdict(AGREES, measured, f"the runner-up {second['technique_key']} is within {band:.0%} of the "
+                                             f"best ({best['technique_key']}), 95% CI inside the band",
+                           evidence=c.evidence())
+        if c.significant and gap > band:
+            return _verdict(DISAGREES, measured, f"{best['technique_key']} is {gap:.1%} better than every other shape "
+                                                 f"(> {band:.0%})", c)
+        return _verdict(NOT_DISTINGUISHABLE, measured, f"runner-up {gap:.1%} behind the best: neither within "
+                                                       f"{band:.0%} at 95% nor significantly beyond it", c)
 
     return rule
 
@@ -280,7 +318,7 @@ RSLORA_SCALE_PARAMS = 14e9
 """The paper: RSLoRA surpasses LoRA only beyond ~14B parameters."""
 
 
-def lora_vs_rslora(rows: list[Row]) -> Verdict:
+def lora_vs_rslora(rows: list[Row], compare: Compare) -> Verdict:
     """Below ~14B parameters LoRA's eval loss is at least as good as RSLoRA's; above, RSLoRA's is better."""
     cells = _by_metric(rows, "quality")
     missing = tuple(t for t in ("lora", "rslora") if t not in cells)
@@ -291,19 +329,20 @@ def lora_vs_rslora(rows: list[Row]) -> Verdict:
     large = n_params >= RSLORA_SCALE_PARAMS
     measured = (f"{lora.get('quality_metric') or 'quality'}: lora {_fmt(lora)} vs rslora {_fmt(rs)} "
                 f"at {tables.number(n_params / 1e6)}M params")
-    order, reason = _order(rs, lora, TOLERANCE)
+    order, reason, c = _order(rs, lora, compare)
     expected = "rslora better" if large else "lora at least as good"
     if order == "~":  # like every rule: a difference within noise supports no verdict, either way
-        return Verdict(NOT_MEASURABLE, measured, f"within noise: {reason}")
+        return _verdict(NOT_DISTINGUISHABLE, measured, reason, c)
     rs_better = (order == "<") != bool(lora.get("higher_is_better"))
     if rs_better == large:
-        return Verdict(AGREES, measured, f"{expected}, as the paper expects at this size")
-    return Verdict(DISAGREES, measured, f"the paper expects {expected} at this size")
+        return _verdict(AGREES, measured, f"{expected}, as the paper expects at this size", c)
+    return _verdict(DISAGREES, measured, f"the paper expects {expected} at this size", c)
 
 
-def int4_compression(rows: list[Row], nominal: float = 4.0, near: float = 3.0, max_drop: float = 0.05,
-                     max_other_share: float = 0.25) -> Verdict:
-    """int4 cuts the weights' bytes close to the nominal 4x (>= `near`) at a small quality drop (<= `max_drop`)."""
+def int4_compression(rows: list[Row], compare: Compare, nominal: float = 4.0, near: float = 3.0,
+                     max_drop: float = 0.05, max_other_share: float = 0.25) -> Verdict:
+    """int4 cuts the weights' bytes close to the nominal 4x (>= `near`, measured bytes: exact) at a small quality
+    drop: the 95 % CI of the drop against bf16 (a paired test on the same examples) below `max_drop`."""
     by = {r["technique_key"]: r for r in rows}
     missing = tuple(t for t in ("int4", "bf16") if t not in by or by[t]["model_size_bytes"] is None)
     if missing:
@@ -322,12 +361,23 @@ def int4_compression(rows: list[Row], nominal: float = 4.0, near: float = 3.0, m
             return Verdict(NOT_MEASURABLE, measured, f"{share:.0%} of the int4 model's bytes are layers kept in 16 "
                                                      "bits (embeddings, norms, head): a model this small cannot "
                                                      "approach 4×")
-        return Verdict(DISAGREES, measured, f"measured compression {compression:.2f}× < {near:.0f}×")
+        return Verdict(DISAGREES, measured, f"measured compression {compression:.2f}× < {near:.0f}× (counted bytes)",
+                       p=0.0, evidence="exact: counted weight bytes")
     if drop is None:
         return Verdict(NOT_MEASURABLE, measured, "no quality ratio to bf16")
-    if drop > max_drop:
-        return Verdict(DISAGREES, measured, f"quality drop {drop:.1%} > {max_drop:.0%}")
-    return Verdict(AGREES, measured, f"{compression:.2f}× at a {max(drop, 0.0):.1%} quality drop")
+    c = compare({**bf16, "metric": "quality"}, {**int4, "metric": "quality"})  # bf16 - int4
+    if c.ci_low is None:
+        return _verdict(NOT_DISTINGUISHABLE, measured, f"no test of the quality drop ({c.note or c.method})", c)
+    higher = bf16.get("higher_is_better") is not False
+    scale = abs(c.a) or 1.0  # the bf16 score: the drop is relative to it
+    lo, hi = ((c.ci_low / scale, c.ci_high / scale) if higher else (-c.ci_high / scale, -c.ci_low / scale))
+    if hi <= max_drop:  # an equivalence decision (the CI inside the margin): outside Holm's family, p stays None
+        return Verdict(AGREES, measured, f"{compression:.2f}× at a quality drop whose 95% CI ({lo:.1%} to {hi:.1%}) "
+                                         f"stays below {max_drop:.0%}", evidence=c.evidence())
+    if lo > max_drop:
+        return _verdict(DISAGREES, measured, f"quality drop {lo:.1%} to {hi:.1%} (95% CI) > {max_drop:.0%}", c)
+    return _verdict(NOT_DISTINGUISHABLE, measured, f"quality drop 95% CI {lo:.1%} to {hi:.1%} straddles "
+                                                   f"{max_drop:.0%}", c)
 
 
 # --- the claims ---------------------------------------------------------------------------------------------------
@@ -399,10 +449,10 @@ CLAIMS: tuple[Claim, ...] = (
                            near("quality", ("mqa", "gqa"), "mha", 0.25, "FD")), ("mqa", "gqa", "mha"),
           _scores(("kv_cache_bytes_per_token", "quality"), ("mha", "mqa", "gqa"))),
     Claim("vision-mqa-memory-latency", "pretrain_vision",
-          "Vision (DiT): MQA has the lowest memory and latency of the attention variants, as in text",
-          "scores", all_of(lowest("amu_bytes", ("mqa",), "AMU", "attention variant"),
+          "Vision (DiT): MQA has the lowest memory and latency of the attention variants, as in text (model memory)",
+          "scores", all_of(lowest("model_mem_bytes", ("mqa",), "model memory", "attention variant"),
                            lowest("al_s", ("mqa",), "AL", "attention variant")), ("mqa",),
-          _scores(("amu_bytes", "al_s"), ("mha", "mqa", "gqa", "mla"))),
+          _scores(("model_mem_bytes", "al_s"), ("mha", "mqa", "gqa", "mla"))),
     Claim("vision-full-quality", "finetune_vision",
           "Vision (PEFT on the DiT): full fine-tuning reaches the best quality (lowest FD); the PEFT methods trade "
           "quality for fewer trained parameters, as in text",
@@ -424,11 +474,21 @@ def _failure_notes(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str, str],
     return notes
 
 
+def _comparator(ev: Evidence) -> Compare:
+    def compare(a: Row, b: Row) -> stats.Comparison:
+        return ev.compare(a["rev"], a["stage"], a["cell"], b["cell"], a["metric"])
+
+    return compare
+
+
 def check_claims(con: duckdb.DuckDBPyConnection, claims: Sequence[Claim] = CLAIMS,
                  rev: str | None = None) -> list[ClaimResult]:
     """Every claim's verdict for every (rev, stage, board) its query returns rows for; a claim with no rows at
-    all gets one NOT_MEASURABLE result. `rev` keeps one revision only."""
+    all gets one NOT_MEASURABLE result. `rev` keeps one revision only. The tested verdicts of one revision form
+    one family: Holm's correction over them turns an agrees / disagrees whose adjusted p >= 0.05 into
+    NOT_DISTINGUISHABLE."""
     failures = _failure_notes(con)
+    compare = _comparator(Evidence(con))
     results: list[ClaimResult] = []
     for claim in claims:
         groups: dict[tuple[str, str, str], list[Row]] = {}
@@ -444,7 +504,7 @@ def check_claims(con: duckdb.DuckDBPyConnection, claims: Sequence[Claim] = CLAIM
                                        why + (f"; {'; '.join(notes)}" if notes else "")))
             continue
         for (g_rev, stage, board), rows in sorted(groups.items()):
-            verdict = claim.rule(rows)
+            verdict = claim.rule(rows, compare)
             why = verdict.why
             notes = [failures[(g_rev, stage, m)] for m in verdict.missing if (g_rev, stage, m) in failures]
             if notes:
@@ -452,5 +512,22 @@ def check_claims(con: duckdb.DuckDBPyConnection, claims: Sequence[Claim] = CLAIM
             elif verdict.missing:
                 why += " (no row for it: not in this run's matrix)"
             results.append(ClaimResult(claim.id, claim.axis, claim.finding, g_rev, stage, board, verdict.verdict,
-                                       verdict.measured, why))
-    return results
+                                       verdict.measured, why, verdict.evidence, verdict.p))
+    return holm_corrected(results)
+
+
+def holm_corrected(results: list[ClaimResult]) -> list[ClaimResult]:
+    """Holm's adjusted p for every tested agrees / disagrees, per revision; those at or above ALPHA become
+    NOT_DISTINGUISHABLE (their evidence says so)."""
+    out = list(results)
+    for rev in dict.fromkeys(r.rev for r in results):
+        idx = [i for i, r in enumerate(out) if r.rev == rev and r.verdict in (AGREES, DISAGREES) and r.p is not None]
+        for i, adjusted in zip(idx, stats.holm([out[i].p for i in idx]), strict=True):
+            r = out[i]
+            if adjusted >= stats.ALPHA:
+                out[i] = dataclasses.replace(r, verdict=NOT_DISTINGUISHABLE, p_holm=adjusted,
+                                             why=f"{r.why} — but not significant after Holm's correction over the "
+                                                 f"report's {len(idx)} tested claims (p={adjusted:.3f})")
+            else:
+                out[i] = dataclasses.replace(r, p_holm=adjusted)
+    return out

@@ -46,6 +46,7 @@ VIEWS: tuple[str, ...] = (
     "t_critical",
     "metric_catalog",
     "trial_metrics",
+    "example_scores",
     "scores",
     "leaderboard_pretrain",
     "leaderboard_finetune",
@@ -164,6 +165,8 @@ class RevisionRows:
     commit: str | None
     rows: list[dict[str, Any]] = field(default_factory=list)
     """Typed rows (`typed_row`), each with a 'row_file' key naming where it was read."""
+    examples: dict[str, str] = field(default_factory=dict)
+    """row_file -> the text of the examples.jsonl beside it (efficientllm.examples), where there is one."""
 
 
 def find_row_files(row_files: RowFiles) -> list[Path]:
@@ -208,6 +211,53 @@ def typed_row(row: Mapping[str, Any], where: str | os.PathLike) -> dict[str, Any
 def load_rows(row_files: RowFiles) -> list[dict[str, Any]]:
     """Read and validate every row file (`records.read_row`); the first bad file raises `RowError` naming it."""
     return [typed_row(records.read_row(path), path) for path in find_row_files(row_files)]
+
+
+def load_workspace(row_files: RowFiles) -> RevisionRows:
+    """The rows of the files on disk, with the per-example file beside each row (where there is one)."""
+    from efficientllm.examples import EXAMPLES_FILE
+
+    rows = load_rows(row_files)
+    examples = {}
+    for row in rows:
+        path = Path(row["row_file"]).with_name(EXAMPLES_FILE)
+        if path.is_file():
+            examples[row["row_file"]] = path.read_text(encoding="utf-8")
+    return RevisionRows(WORKSPACE, None, rows, examples)
+
+
+EXAMPLE_COLUMNS = {"set": "VARCHAR", "stat": "VARCHAR", "example": "VARCHAR", "value": "DOUBLE", "weight": "DOUBLE"}
+
+
+def _load_examples(con: duckdb.DuckDBPyConnection, revisions: Sequence[RevisionRows]) -> None:
+    """The table `examples` (rev, row_file, set, stat, example, value, weight): every example file of every
+    revision, parsed once into one temporary jsonl that DuckDB reads in a single scan (thousands of examples; a
+    parameterised INSERT per example would take seconds). A line that is not JSON names its file."""
+    import tempfile
+
+    columns = {"rev": "VARCHAR", "row_file": "VARCHAR", **EXAMPLE_COLUMNS}
+    ddl = ", ".join(f'"{name}" {sql_type}' for name, sql_type in columns.items())
+    con.execute(f"CREATE TABLE examples ({ddl})")
+    lines = []
+    for revision in revisions:
+        for row_file, text in revision.examples.items():
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise records.RowError(f"corrupt examples file beside {row_file}: line {n}: {e}") from None
+                lines.append(json.dumps({"rev": revision.rev, "row_file": row_file,
+                                         **{k: record.get(k) for k in EXAMPLE_COLUMNS}}))
+    if not lines:
+        return
+    with tempfile.TemporaryDirectory(prefix="efficientllm-examples-") as tmp:
+        path = Path(tmp) / "examples.jsonl"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        spec = ", ".join(f"'{name}': '{sql_type}'" for name, sql_type in columns.items())
+        con.execute(f"INSERT INTO examples SELECT * FROM read_json(?, columns = {{{spec}}}, "
+                    "format = 'newline_delimited')", [str(path)])
 
 
 def _create_tables(con: duckdb.DuckDBPyConnection, revisions: Sequence[RevisionRows],
@@ -340,6 +390,7 @@ def connect_loaded(revisions: Sequence[RevisionRows], read_only: bool = True,
     con = duckdb.connect(":memory:", config={"threads": 1})
     try:
         _create_tables(con, revisions, assumptions or Assumptions())
+        _load_examples(con, revisions)
         create_views(con)
         if read_only:
             con.execute("SET enable_external_access = false")
@@ -358,8 +409,7 @@ def connect(row_files: RowFiles, read_only: bool = True,
     that is not a valid row raises `records.RowError` naming the file. `assumptions` sets the price and grid
     intensity of the cost and CO2 columns (default: none, so those columns are null). See `connect_loaded`.
     """
-    rows = load_rows(row_files)
-    return connect_loaded([RevisionRows(WORKSPACE, None, rows)], read_only=read_only, assumptions=assumptions)
+    return connect_loaded([load_workspace(row_files)], read_only=read_only, assumptions=assumptions)
 
 
 def _token_texts(sql: str) -> list[tuple[int, str]]:

@@ -3,7 +3,7 @@
 -- Parameter: $axis ('quantize'). weight_bytes_other: bytes of the layers an int4 model keeps in 16 bits (extra).
 SELECT rev, stage, board, any_value(cell) AS cell, technique_key, 'model_size_bytes' AS metric,
        any_value(quality_metric) AS quality_metric, avg(model_size_bytes) AS model_size_bytes,
-       avg(quality_ratio_vs_baseline) AS quality_vs_bf16,
+       avg(quality_ratio_vs_baseline) AS quality_vs_bf16, bool_and(quality_higher_is_better) AS higher_is_better,
        avg(TRY_CAST(extra ->> '$.weight_bytes_other' AS DOUBLE)) AS weight_bytes_other
 FROM measured
 WHERE axis = $axis AND status = 'ok' AND technique_key IN ('int4', 'bf16')
