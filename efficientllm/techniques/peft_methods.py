@@ -158,7 +158,7 @@ def trainable_modules(model: nn.Module) -> list[str]:
     for name, p in model.named_parameters(remove_duplicate=True):
         if p.requires_grad:
             owner = name.rsplit(".", 1)[0]
-            m = re.match(r"(.*\.(?:layers|transformer_blocks)\.\d+)\.", owner + ".")
+            m = re.match(r"((?:.*\.)?(?:layers|transformer_blocks)\.\d+)\.", owner + ".")
             names.add(m.group(1) if m else owner)
     return sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
 
