@@ -92,11 +92,17 @@ def test_trainable_parameters_match_the_formula(base_dir, method):
     assert parameter_counts(model)["trainable"] == expected_trainable(method, load(base_dir, "full"))
 
 
-def test_freeze_with_tied_embeddings_trains_the_embedding_too():
+def test_freeze_with_tied_embeddings_keeps_the_embedding_frozen():
+    """A tied head is the input embedding: training it would not leave a frozen stack (the backward would run
+    through every block), so it trains only when asked (finetune.freeze_train_head)."""
     torch.manual_seed(0)
     model = METHODS["freeze"](EfficientLMForCausalLM(tiny_config(tie=True)), CFG)
-    assert model.model.embed_tokens.weight.requires_grad and model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.lm_head.weight is model.model.embed_tokens.weight and not model.model.embed_tokens.weight.requires_grad
     assert not any(p.requires_grad for p in model.model.layers[0].parameters())
+    assert all(p.requires_grad for p in model.model.layers[-1].parameters())
+    model = METHODS["freeze"](EfficientLMForCausalLM(tiny_config(tie=True)),
+                              dataclasses.replace(CFG, freeze_train_head=True))
+    assert model.model.embed_tokens.weight.requires_grad
 
 
 @pytest.mark.parametrize("method", PEFT_METHODS)

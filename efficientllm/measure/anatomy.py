@@ -32,17 +32,34 @@ ANATOMY_COLUMNS = ("mem_weights_bytes", "mem_grads_bytes", "mem_optimizer_bytes"
 """The row columns of a memory anatomy (bytes); the parts a cell does not have are 0, the unknown ones None."""
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP2 DTensor) tensor's local shard: the bytes this rank holds."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def _storage_key(t: torch.Tensor) -> tuple[str, int]:
-    storage = t.untyped_storage()
-    return str(t.device), storage.data_ptr()
+    t = _local(t)
+    try:
+        return str(t.device), t.untyped_storage().data_ptr()
+    except RuntimeError:  # a storage with no data pointer (freed, or a wrapper): count the tensor by itself
+        return str(t.device), id(t)
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    t = _local(t)
+    try:
+        return t.untyped_storage().nbytes()
+    except RuntimeError:
+        return t.numel() * t.element_size()
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind `tensors` (views and tied tensors once)."""
+    """Bytes of the distinct storages behind `tensors` (views and tied tensors once; a sharded tensor's local
+    shard)."""
     seen: dict[tuple[str, int], int] = {}
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.device.type != "meta":
-            seen.setdefault(_storage_key(t), t.untyped_storage().nbytes())
+            seen.setdefault(_storage_key(t), _nbytes(t))
     return sum(seen.values())
 
 
@@ -52,8 +69,8 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def grad_bytes(model: nn.Module) -> int:
-    """The gradients a training step holds: one per trained parameter, of its dtype and shape."""
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    """The gradients a training step holds: one per trained parameter, of its dtype and (local) shape."""
+    return sum(_local(p).numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
 def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
