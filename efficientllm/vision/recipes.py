@@ -135,6 +135,8 @@ def check_vision(params: Mapping[str, Any], parsed: Mapping[str, Any], methods: 
                 raise ConfigError(f"[matrix] finetune_vlm: {slug!r} is not defined in [finetune_vlm] models"
                                   f"{did_you_mean(slug, models)} (defined: {', '.join(models) or 'none'})")
         for slug in matrix.finetune_vlm_methods:
+            if slug in NOT_FOR_VISION:  # the VLM cells load the base in its dtype; a 4-bit base is not wired in
+                raise ConfigError(f"[matrix] finetune_vlm_methods: {slug!r} is not offered for the VLM cells")
             if slug not in methods:
                 raise ConfigError(f"[matrix] finetune_vlm_methods: unknown method {slug!r}"
                                   f"{did_you_mean(slug, methods)} (known: {', '.join(methods)})")
