@@ -179,6 +179,7 @@ class LatencyResult:
             "ttft_s_p90": ttft["p90"], "ttft_s_p99": ttft["p99"],
             "tpot_s_p90": steps["p90"], "tpot_s_p99": steps["p99"], "tpot_s_mean": steps["mean"],
             "decode_steps": steps["n"],
+            "max_new_tokens": self.max_new_tokens,
             "decode_tokens_per_s": metrics.tokens_per_s(self.batch_size, steps["p50"]),
             "prefill_tokens_per_s": metrics.tokens_per_s(self.batch_size * self.prompt_len, ttft["p50"]),
             "latency_window_s": self.window_s,

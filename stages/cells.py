@@ -122,6 +122,7 @@ def run_cell(run: CellRun, body: Callable[[Any], CellOutcome]) -> int:
         shutdown(dist)
         if not dist.is_main:
             return 0
+    _check_sanity(outcome.row)
     for name, text in outcome.files.items():
         atomic_write_text(run.out_dir / name, text)
     write_row(run.out_dir / "row.json", outcome.row)
@@ -129,6 +130,17 @@ def run_cell(run: CellRun, body: Callable[[Any], CellOutcome]) -> int:
         discard(run.checkpoint_dir)
     print(f"{run.name}: {run.summary(outcome.row)}", flush=True)
     return _trials(run) if dist is None else 0
+
+
+def _check_sanity(row: dict[str, Any]) -> None:
+    """Every ok row's `extra.sanity` (efficientllm.measure.sanity): its implied FLOP/s, bandwidth, utilisation and
+    power against this machine's measured ceilings; a broken bound is printed and flagged, never hidden."""
+    from efficientllm.measure.sanity import ceilings_for, check_row
+
+    sanity = check_row(row, ceilings_for(row))
+    row.setdefault("extra", {})["sanity"] = sanity
+    for violation in sanity["violations"]:
+        print(f"warning: sanity: {row.get('stage')}@{row.get('cell')}: {violation}", file=sys.stderr, flush=True)
 
 
 def _record(run: CellRun, error: BaseException, device_count: int) -> None:

@@ -523,3 +523,16 @@ def test_estimated_energy_is_marked_next_to_the_number(tmp_path):
     md = build.build_report(_glob(rows), tmp_path / "reports")["index"].read_text()
     table = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| ") and " | m" in line}
     assert "8.00 est." in table["mha"] and "est." not in table["mqa"], table
+
+
+def test_rows_that_break_a_sanity_bound_are_listed_and_marked(tmp_path):
+    rows = tmp_path / "rows"
+    bad = {"ok": False, "violations": ["mfu: 1.2 > 1"], "checks": {"mfu": {"value": 1.2, "bound": 1.0, "ok": False}}}
+    _write(rows, "results/pretrain/mha", cell="mha", technique="mha", quality_value=20.0, al_s=0.2, mfu=1.2,
+           extra={"sanity": bad})
+    _write(rows, "results/pretrain/mqa", cell="mqa", technique="mqa", quality_value=21.0, al_s=0.2,
+           extra={"sanity": {"ok": True, "violations": [], "checks": {}}})
+    md = build.build_report(_glob(rows), tmp_path / "reports")["index"].read_text()
+    assert "- **pretrain/mha**: mfu: 1.2 > 1" in md
+    table = [line for line in md.splitlines() if line.startswith("| ") and " | m" in line]
+    assert any("| mha ⚠ |" in line for line in table) and not any("| mqa ⚠ |" in line for line in table)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -245,7 +246,8 @@ def _index_axis_section(axis: str, title: str, boards: dict, catalog: dict, figu
             metrics = cells[cell]
             quality = metrics.get("quality")
             n = max((r["n"] for r in metrics.values()), default=0)
-            body.append([tables.text(quality["rank"] if quality else None), cell, str(n),
+            flag = " ⚠" if any(r.get("insane") for r in metrics.values()) else ""  # a sanity bound broken
+            body.append([tables.text(quality["rank"] if quality else None), cell + flag, str(n),
                          *(_value(metrics.get(m)) for m in INDEX_METRICS[axis]),
                          *(_ratio(metrics.get(m)) for m in RATIO_METRICS)])
         out += [tables.markdown_table(headers, body, [False, True] + [False] * (len(headers) - 2)), ""]
@@ -312,6 +314,21 @@ def _failures_section(con: duckdb.DuckDBPyConnection) -> list[str]:
     return out
 
 
+def _sanity_section(con: duckdb.DuckDBPyConnection) -> list[str]:
+    broken = tables.records(con, "SELECT stage, cell, trial, violations FROM sanity WHERE rev = 'workspace' AND NOT ok "
+                                 "ORDER BY stage, cell, trial")
+    out = ["## Sanity checks", "",
+           "Every row's implied FLOP/s, MFU, PCU, decode bandwidth and power are checked against this machine's "
+           "measured ceilings (efficientllm/measure/sanity.py)."]
+    if not broken:
+        return out + [" No row breaks a bound.", ""]
+    out = [out[0], "", out[2] + " These rows break one (their cells carry ⚠ in the tables):", ""]
+    for b in broken:
+        trial = f" (trial {b['trial']})" if b["trial"] else ""
+        out.append(f"- **{b['stage']}/{b['cell']}**{trial}: {'; '.join(json.loads(b['violations'] or '[]'))}")
+    return out + [""]
+
+
 def _assumptions_section(con: duckdb.DuckDBPyConnection) -> list[str]:
     a = tables.records(con, "SELECT * FROM assumptions")[0]
     sources = tables.records(con, "SELECT coalesce(energy_source, 'none') AS source, count(*) AS n FROM measured "
@@ -346,6 +363,7 @@ def render_index(con: duckdb.DuckDBPyConnection, n_files: int, title: str, claim
     if not axes_with_rows:
         lines += ["No successful cells yet.", ""]
     lines += _failures_section(con)
+    lines += _sanity_section(con)
     lines += _assumptions_section(con)
     lines += ["## What the metrics mean", "", LEGEND]
     return "\n".join(lines).rstrip() + "\n"

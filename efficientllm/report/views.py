@@ -55,6 +55,7 @@ VIEWS: tuple[str, ...] = (
     "leaderboard_finetune_vision",
     "pareto",
     "revision_diff",
+    "sanity",
 )
 """The views in load order, each made from SQL_DIR/<view>.sql except `leaderboard_<axis>` (`leaderboard_sql`). The
 view of any other .sql file in SQL_DIR is created after these, and a view whose dependencies are not there yet is
