@@ -29,7 +29,8 @@ TINY_OVERRIDES = {
     "measure": {"peak_calibration_n": 128},
     # fine-tuning: one cell (lora on arith), a few steps; sft.max_seq_len stays 128 (RoPE base, any position)
     "matrix": {"pretrain": ["mha"], "finetune_methods": ["lora"], "finetune_datasets": ["arith"],
-               "quantize": ["bf16", "int4"], "quantize_sft": ["bf16"]},  # the bf16 reference + one bitsandbytes cell
+               "quantize": ["bf16", "int4"], "quantize_sft": ["bf16"],  # the bf16 reference + one bitsandbytes cell
+               "pretrain_vision": ["mha"], "finetune_vision": ["lora"]},  # the vision axis: one cell each
     "sft": {"datasets": {"arith": {"source": "arith", "n_examples": 48}}, "max_eval_examples": 8},
     "finetune": {"steps": 3, "measure_warmup_steps": 1, "eval_examples": 4, "gen_eval_examples": 2,
                  "max_new_tokens": 8},
@@ -41,6 +42,12 @@ TINY_OVERRIDES = {
              "tasks": {"quantize": ["efficientllm_cloze"], "quantize_sft": ["efficientllm_cloze"],
                        "quantize_hub": ["efficientllm_cloze"]}},
     "cloze": {"context_words": 12, "continuation_words": 2, "max_choice_chars": 16},  # byte-level: ~1 token / char
+    # the vision axis: a 2-head DiT of width 32, a few steps, 4 samples per class judged after 2 DDIM steps
+    "vision_eval": {"classifier_hidden": 16, "classifier_epochs": 20, "samples_per_class": 4, "sample_steps": 2,
+                    "grid_per_class": 2},
+    "pretrain_vision": {"batch_size": 8, "steps": 4, "lr_warmup_steps": 1, "measure_warmup_steps": 1,
+                        "hidden_size": 32, "num_attention_heads": 2},
+    "finetune_vision": {"batch_size": 8, "steps": 3, "lr_warmup_steps": 1, "measure_warmup_steps": 1},
 }
 
 
