@@ -38,7 +38,7 @@ from torch import nn
 from transformers import LogitsProcessor
 
 from efficientllm.examples import EXAMPLES_FILE, ExampleLog
-from efficientllm.measure import MeasurementWindow, RssPeak, metrics, summarize, synchronize
+from efficientllm.measure import WINDOW_COLUMNS, MeasurementWindow, RssPeak, metrics, summarize, synchronize
 from efficientllm.measure.anatomy import above_baseline, with_rest
 from efficientllm.measure.timing import Clock, Phases, latency_columns
 from efficientllm.records import CellId, CellOutcome
@@ -262,6 +262,57 @@ def tracker_pass(model: nn.Module, prompts: torch.Tensor, *, max_new_tokens: int
             "tokens_per_j": metrics.tokens_per_j(generated, window.result.get("energy_j"))}
 
 
+def energy_phases(model: nn.Module, prompts: torch.Tensor, *, tracked: dict[str, Any], max_new_tokens: int,
+                  device: torch.device, min_runs: int, min_duration_s: float, max_runs: int,
+                  watts_per_core: float | None, idle_s: float = 0.5) -> dict[str, Any]:
+    """Energy per phase: prefill and decode apart, per output and per total token, with and without idle power.
+
+    After the tracker pass (full requests, `tracked`), the same prompts run prefill-only requests (one new token)
+    in a window of their own; decode energy = a full request's minus a prefill's, spread over the decode steps.
+    The device's idle power is measured over `idle_s` before that window (nothing running) and subtracted from
+    both, reported beside the totals. `too_short`: a window shorter than the energy counter can resolve.
+    """
+    from efficientllm.measure.energy import EnergyMeter
+
+    meter = EnergyMeter(device, watts_per_core=watts_per_core)
+    if meter.counter is None or tracked.get("energy_j") is None:
+        return {"energy_phases": None}
+    synchronize(device)
+    with meter:
+        time.sleep(idle_s)
+    idle_w = meter.aec_w
+    prompts = prompts.to(device)
+
+    def one() -> float:
+        t0 = time.perf_counter()
+        _plain_generate(model, prompts, 1)
+        synchronize(device)
+        return time.perf_counter() - t0
+
+    with meter:
+        n = _repeat(one, min_runs=min_runs, min_duration_s=min_duration_s, max_runs=max_runs)
+    batch, prompt_len = int(prompts.shape[0]), int(prompts.shape[1])
+    request_j, request_s = tracked["energy_j"] / tracked["requests"], tracked["window_s"] / tracked["requests"]
+    prefill_j, prefill_s = meter.energy_j / n, meter.window_s / n
+    decode_steps = max(max_new_tokens - 1, 1) * batch
+
+    def per_phase(idle: float) -> dict[str, float]:
+        req, pre = request_j - idle * request_s, prefill_j - idle * prefill_s
+        return {"prefill_j_per_request": pre, "decode_j_per_token": (req - pre) / decode_steps,
+                "j_per_output_token": req / (max_new_tokens * batch),
+                "j_per_total_token": req / ((prompt_len + max_new_tokens) * batch)}
+
+    floor = getattr(meter.counter, "min_window_s", 0.0)
+    return {"energy_phases": {
+        "source": meter.source, "idle_w": idle_w, "with_idle": per_phase(0.0),
+        "above_idle": per_phase(idle_w or 0.0),
+        "too_short": [name for name, s in (("tracker window", tracked["window_s"]), ("prefill window",
+                                                                                    meter.window_s)) if s < floor],
+        "counter_min_window_s": floor, "prefill_requests": n,
+        "what": "prefill = one-token requests on the same prompts; decode = full request minus prefill, per step",
+    }}
+
+
 # ----------------------------------------------------------------------------- KV cache and the memory budget
 
 
@@ -450,6 +501,10 @@ def measured_passes(model: nn.Module, prompts: torch.Tensor, cfg: Any, measure: 
     with phases("tracker pass"):
         tracked = tracker_pass(model, prompts, **workload, sample_interval_s=measure.sample_interval_s,
                                watts_per_core=measure.cpu_watts_per_core)
+    with phases("energy per phase"):
+        tracked.update(energy_phases(model, prompts, tracked=tracked, max_new_tokens=cfg.max_new_tokens,
+                                     device=device, min_runs=cfg.min_runs, min_duration_s=cfg.min_duration_s,
+                                     max_runs=cfg.max_runs, watts_per_core=measure.cpu_watts_per_core))
     return latency, tracked
 
 
@@ -461,8 +516,7 @@ def memory_columns(tracked: dict[str, Any], rss_baseline: float | None, weights:
     inference holds no gradients, optimizer state or saved activations. `kv_analytic`: KV bytes per token x batch
     x cached positions (prompt + new - 1: the last token's keys and values are never computed).
     """
-    window = above_baseline({k: v for k, v in tracked.items() if k not in ("requests", "generated_tokens",
-                                                                           "tokens_per_j")}, rss_baseline)
+    window = above_baseline({k: tracked[k] for k in WINDOW_COLUMNS}, rss_baseline)
     anatomy = with_rest({"mem_weights_bytes": weights, "mem_grads_bytes": 0, "mem_optimizer_bytes": 0,
                          "mem_activations_bytes": 0, "mem_kv_cache_bytes": kv_measured, "mem_other_bytes": None},
                         window["peak_mem_bytes"])
@@ -588,6 +642,7 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
             "tracker_pass_requests": tracked["requests"],
             "tracker_pass_generated_tokens": tracked["generated_tokens"],
             **budget.extra(),
+            "energy_phases": tracked["energy_phases"],
             "kv_cache_bytes_analytic": cache,  # kv_cache_bytes_per_token x batch x cached positions
             "kv_cache_measured_vs_analytic": kv_measured / cache if cache else None,
             **ppl,

@@ -175,3 +175,20 @@ def test_running_out_of_memory_at_the_computed_batch_is_an_answer(tiny_model, mo
                           weight_bytes=100.0, budget_bytes=1000.0)
     assert out["max_batch_fits"] is False and out["max_batch_peak_bytes"] is None
     assert out["max_batch_error"].startswith("OutOfMemoryError: CUDA out of memory")
+
+
+def test_energy_per_phase_splits_prefill_from_decode(tiny_model):
+    prompts = torch.randint(2, 96, (2, 6), generator=torch.Generator().manual_seed(3))
+    tracked = inf.tracker_pass(tiny_model, prompts, max_new_tokens=4, device=CPU, warmup_runs=1, min_runs=3,
+                               min_duration_s=0.2, max_runs=50, sample_interval_s=0.01, watts_per_core=4.0)
+    got = inf.energy_phases(tiny_model, prompts, tracked=tracked, max_new_tokens=4, device=CPU, min_runs=3,
+                            min_duration_s=0.2, max_runs=50, watts_per_core=4.0, idle_s=0.2)["energy_phases"]
+    assert got["source"] == energy_source_here("cpu") and got["prefill_requests"] >= 3
+    whole, above = got["with_idle"], got["above_idle"]
+    request_j = tracked["energy_j"] / tracked["requests"]
+    # a request's energy = its prefill + one decode step per generated token after the first, on 2 sequences
+    assert whole["prefill_j_per_request"] + whole["decode_j_per_token"] * 3 * 2 == pytest.approx(request_j)
+    assert whole["j_per_output_token"] == pytest.approx(request_j / 8)
+    assert whole["j_per_total_token"] == pytest.approx(request_j / 20)
+    assert got["idle_w"] is not None and above["j_per_output_token"] <= whole["j_per_output_token"] + 1e-12
+    assert set(got["too_short"]) <= {"tracker window", "prefill window"}

@@ -40,6 +40,8 @@ class NvmlEnergy:
     unsupported GPU (pre-Volta, MIG instance) raises pynvml.NVMLError there, not mid-window."""
 
     source = "nvml"
+    min_window_s = 1.0
+    """The counter is refreshed about every 100 ms: a window shorter than ~10 refreshes is too coarse."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
@@ -68,6 +70,8 @@ class RaplEnergy:
 
     source = "rapl"
     needs_polling = True
+    min_window_s = 0.1
+    """RAPL updates about every millisecond, but reads jitter by a few: a window under ~0.1 s is too short."""
 
     def __init__(self, root: str | Path = RAPL_ROOT) -> None:
         root = Path(root)
@@ -115,6 +119,8 @@ class EstimateEnergy:
     """
 
     source = "estimate"
+    min_window_s = 0.1
+    """Process CPU time advances in scheduler ticks (~10 ms): a window under ~0.1 s is too coarse."""
 
     def __init__(self, watts_per_core: float, cpu_time: Clock = time.process_time) -> None:
         if watts_per_core <= 0:
