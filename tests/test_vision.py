@@ -316,6 +316,8 @@ def test_pretrain_then_finetune_cells_write_rows_models_and_grids(digits_dir, tm
     assert row["status"] == "ok" and row["quality_metric"] == "fd_digits" and row["quality_value"] >= 0
     assert row["seq_len"] == 16 and row["kv_cache_bytes_per_token"] == 2 * 16 * 2 * 4  # 1 KV head of 16, 2 layers
     assert row["steps"] == 3 and row["tt_tokens_per_param_s"] > 0 and row["st_samples_per_param_s"] > 0
+    for part in ("mem_weights_bytes", "mem_grads_bytes", "mem_optimizer_bytes", "mem_activations_bytes"):
+        assert row[part] and row[part] > 0, part  # the memory anatomy of the shared loop (probe: step 0's forward)
     assert row["extra"]["attention"] == "mqa" and row["extra"]["classes"] == list(range(8))
     assert set(row["extra"]["class_accuracy"]) == {str(c) for c in range(8)}
     assert (tmp_path / "samples" / "grid.png").exists() and (tmp_path / "m" / "config.json").exists()

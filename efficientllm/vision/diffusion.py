@@ -48,36 +48,45 @@ def compute_context(device: torch.device, dtype: str) -> tuple[contextlib.Abstra
     return contextlib.nullcontext(), "float32"
 
 
+def _denoise_batch(images: torch.Tensor, labels: torch.Tensor, scheduler: Any, step: int, *, seed: int,
+                   batch_size: int, class_dropout: float, null_class: int) -> tuple[torch.Tensor, ...]:
+    """(x_t, t, y, target) of step `step`: a pure function of (seed, step)."""
+    idx = np.random.default_rng((seed, step)).choice(len(labels), size=batch_size, replace=batch_size > len(labels))
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    x0, y = images[idx], labels[idx].clone()
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, int(scheduler.config.num_train_timesteps), (batch_size,), generator=g)
+    y[torch.rand(batch_size, generator=g) < class_dropout] = null_class
+    kind = scheduler.config.prediction_type  # the regression target: noise, clean image or velocity
+    target = noise if kind == "epsilon" else x0 if kind == "sample" else scheduler.get_velocity(x0, noise, t)
+    return scheduler.add_noise(x0, noise, t), t, y, target
+
+
 def denoise_step(model: nn.Module, data: ImageSet, scheduler: Any, *, batch_size: int, seed: int,
                  class_dropout: float, device: torch.device, autocast: contextlib.AbstractContextManager,
-                 tokens_per_image: int) -> Any:
-    """step_fn(step) -> StepWork: one optimizer step's forward + backward of noise prediction on batch `step`."""
+                 tokens_per_image: int) -> tuple[Any, Any]:
+    """(step_fn, probe): step_fn(step) -> StepWork runs one optimizer step's forward + backward of the denoising loss
+    on batch `step`; probe() runs step 0's forward alone (the memory anatomy's activation bytes)."""
     images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
-    n, null_class = len(labels), int(model.config.num_embeds_ada_norm)
-    timesteps = int(scheduler.config.num_train_timesteps)
-    kind = scheduler.config.prediction_type  # the regression target: noise, clean image or velocity
+    batch = dict(seed=seed, batch_size=batch_size, class_dropout=class_dropout,
+                 null_class=int(model.config.num_embeds_ada_norm))
     tokens = batch_size * tokens_per_image
 
-    def step_fn(step: int) -> StepWork:
-        idx = np.random.default_rng((seed, step)).choice(n, size=batch_size, replace=batch_size > n)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        x0, y = images[idx], labels[idx].clone()
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, timesteps, (batch_size,), generator=g)
-        y[torch.rand(batch_size, generator=g) < class_dropout] = null_class
-        xt = scheduler.add_noise(x0, noise, t)
-        target = noise if kind == "epsilon" else x0 if kind == "sample" else scheduler.get_velocity(x0, noise, t)
-        xt, t, y, target = (v.to(device, non_blocking=True) for v in (xt, t, y, target))
+    def loss_of(step: int) -> torch.Tensor:
+        xt, t, y, target = (v.to(device, non_blocking=True)
+                            for v in _denoise_batch(images, labels, scheduler, step, **batch))
         with autocast:
             pred = model(xt, timestep=t, class_labels=y).sample
             loss = nn.functional.mse_loss(pred.float(), target)
             extra = aux_loss(model)
-            if extra is not None:
-                loss = loss + extra
+            return loss + extra if extra is not None else loss
+
+    def step_fn(step: int) -> StepWork:
+        loss = loss_of(step)
         loss.backward()
         return StepWork(loss=loss.detach(), tokens=tokens, computed_tokens=tokens)
 
-    return step_fn
+    return step_fn, lambda: loss_of(0)
 
 
 def training_flops_per_token(model: nn.Module, device: torch.device, tokens_per_image: int) -> dict[str, float]:

@@ -128,13 +128,13 @@ def finetune_vision_cell(*, cell: CellId, method: str, cfg: FinetuneVisionConfig
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.steps, cfg.lr_warmup_steps, cfg.min_lr_ratio))
     peak, peak_total = measured_peak(device, torch.bfloat16 if dtype_name == "bfloat16" else torch.float32,
                                      measure, dist)
-    step_fn = denoise_step(model, train, scheduler, batch_size=cfg.batch_size, seed=cfg.seed, class_dropout=0.0,
+    step_fn, probe = denoise_step(model, train, scheduler, batch_size=cfg.batch_size, seed=cfg.seed, class_dropout=0.0,
                            device=device, autocast=autocast, tokens_per_image=tokens_per_image)
     loop = train_measured(step_fn, section="finetune_vision", model=model, optimizer=opt, scheduler=sched,
                           steps=cfg.steps, warmup_steps=cfg.measure_warmup_steps,
                           clip_params=[p for p in model.parameters() if p.requires_grad], grad_clip=cfg.grad_clip,
                           dist=dist, measure=measure, progress=("images", cfg.batch_size),
-                          guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "finetune_vision"))
+                          guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "finetune_vision"), probe=probe)
     judged = judge(model, scheduler, classifier, reference, classes, veval, device, autocast, sample_dir)
     saved_bytes = _save(model, out_dir) if out_dir is not None else None
     metric, value = quality_of(judged, veval, stats["dataset"])

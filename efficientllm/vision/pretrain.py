@@ -100,7 +100,7 @@ def pretrain_vision_cell(*, cell: CellId, slug: str, recipe: dict[str, Any], cfg
     peak, peak_total = measured_peak(device, compute_dtype, measure, dist)
     checkpointer = (Checkpointer(checkpoint_dir, _trajectory_key(slug, recipe, cfg, stats), cfg.checkpoint_every_steps)
                     if checkpoint_dir is not None and cfg.checkpoint_every_steps else None)
-    step_fn = denoise_step(model, train, scheduler, batch_size=cfg.batch_size, seed=cfg.seed,
+    step_fn, probe = denoise_step(model, train, scheduler, batch_size=cfg.batch_size, seed=cfg.seed,
                            class_dropout=cfg.class_dropout, device=device, autocast=autocast,
                            tokens_per_image=shape.tokens_per_image)
     loop = train_measured(step_fn, section="pretrain_vision", model=model, optimizer=opt, scheduler=sched,
@@ -108,7 +108,7 @@ def pretrain_vision_cell(*, cell: CellId, slug: str, recipe: dict[str, Any], cfg
                           clip_params=list(model.parameters()), grad_clip=cfg.grad_clip, dist=dist, measure=measure,
                           progress=("images", cfg.batch_size),
                           guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "pretrain_vision"),
-                          checkpointer=checkpointer)
+                          checkpointer=checkpointer, probe=probe)
     expert_load = expert_load_summary(model)
     judged = judge(model, scheduler, classifier, reference, classes, veval, device, autocast, sample_dir)
     if model_out is not None:
