@@ -59,16 +59,22 @@ class MatrixConfig:
     """Hub VLM slugs (keys of `finetune_vlm.models`) of the `finetune_vlm` stage; empty: no such cells."""
     finetune_vlm_methods: tuple[str, ...] = ("lora",)
     """Method slugs of the `finetune_vlm` stage (the matrix is models x methods)."""
+    import_model: tuple[str, ...] = ()
+    """Pretrained model slugs (keys of `import_model.models`) the `import_model` stage turns from GGUF files into
+    model folders (models/import/<slug>); empty: no such cells."""
+    quantize_real: tuple[str, ...] = ()
+    """Precision slugs of the `quantize_real` stage, run on every imported model (the matrix is import_model x
+    these); empty: no such cells."""
 
     VISION_KEYS: ClassVar[tuple[str, ...]] = ("pretrain_vision", "finetune_vision", "finetune_vlm",
                                               "finetune_vlm_methods")
     """The vision axis' keys (efficientllm.vision); every one may be empty."""
 
     def __post_init__(self) -> None:
-        for stage in ("pretrain", "finetune_methods", "finetune_datasets", "quantize", "quantize_sft", "quantize_hub",
-                      *self.VISION_KEYS):
+        optional = ("quantize_sft", "quantize_hub", "import_model", "quantize_real", *self.VISION_KEYS)
+        for stage in ("pretrain", "finetune_methods", "finetune_datasets", "quantize", *optional):
             slugs = getattr(self, stage)
-            if not slugs and stage not in ("quantize_sft", "quantize_hub", *self.VISION_KEYS):
+            if not slugs and stage not in optional:
                 raise ConfigError(f"[matrix] {stage}: the list is empty")
             for slug in slugs:
                 if not SLUG_RE.match(slug):
@@ -215,6 +221,11 @@ class PretrainConfig(TrainingConfig):
     """Steps excluded from the measured window (same shapes as the timed steps)."""
     eval_batches: int = field(default=8, metadata=_meta(min=1))
     """Validation batches for perplexity (fixed blocks, the same for every variant)."""
+    eval_every_steps: int = field(default=0, metadata=_meta(min=0))
+    """Evaluate the validation loss every N optimizer steps (window paused: not timed) for efficiency at equal
+    quality: the time, tokens and energy a variant needed to first reach `target_val_loss` (0: off)."""
+    target_val_loss: float | None = field(default=None, metadata=_meta(min=0.0, min_exclusive=True))
+    """The validation loss (nats per token) the equal-quality figures are measured to (None: off)."""
     dtype: str = field(default="auto", metadata=_meta(choices=("auto", "float32", "bfloat16")))
     """Compute dtype: bfloat16 autocast (fp32 weights and optimizer state), float32, or auto (bf16 on a CUDA
     device that supports it, else fp32)."""
@@ -455,14 +466,47 @@ class QuantizeHubConfig(QuantizeConfig):
                 raise ConfigError(f"[quantize_hub] models.{slug}: unknown key {unknown[0]!r} (allowed: id, revision)")
 
 
+@dataclass(frozen=True)
+class QuantizeRealConfig(QuantizeConfig):
+    """The `quantize_real` stage: every imported pretrained model (`import_model`) at every precision of
+    matrix.quantize_real, with a workload section of its own (every key of `quantize`), sized for a real model on a
+    laptop CPU without touching the pipeline's own quantize cells."""
+
+
+@dataclass(frozen=True)
+class ImportModelConfig:
+    """Pretrained models imported from GGUF files (stage `import_model@<slug>`, efficientllm/model_import.py)."""
+
+    models: dict[str, Any] = field(default_factory=dict)
+    """Model slug -> its GGUF file: {package: <installed distribution>, file: <path in it>} | {path: <file.gguf>} |
+    {hub_id: <repo>, filename: <file.gguf>, revision: <commit sha>} (the hub needs network)."""
+    dtype: str = field(default="float32", metadata=_meta(choices=_FLOAT_DTYPES))
+    """dtype of the saved weights: float32 keeps the dequantized values exactly (every precision loads from it)."""
+
+    def __post_init__(self) -> None:
+        from efficientllm.model_import import GGUFImportError, source_kind
+
+        for slug, spec in self.models.items():
+            if not isinstance(slug, str) or not SLUG_RE.match(slug):
+                raise ConfigError(f"[import_model] models: bad slug {slug!r} (lowercase letters, digits, - and _)")
+            if slug in ("base", "sft"):
+                raise ConfigError(f"[import_model] models: slug {slug!r} is taken by the pipeline's own models")
+            if not isinstance(spec, Mapping):
+                raise ConfigError(f"[import_model] models.{slug}: expected a mapping, got {spec!r}")
+            try:
+                source_kind(spec, f"[import_model] models.{slug}")
+            except GGUFImportError as e:
+                raise ConfigError(str(e)) from None
+
+
 def _default_eval_tasks() -> dict[str, Any]:
     return {"quantize": ["efficientllm_cloze"], "quantize_sft": ["efficientllm_arith", "efficientllm_cloze"],
-            "quantize_hub": ["efficientllm_cloze"]}
+            "quantize_hub": ["efficientllm_cloze"], "quantize_real": ["efficientllm_cloze"]}
 
 
 def _default_eval_metrics() -> dict[str, Any]:
     return {"efficientllm_cloze": "acc_mutual_info", "efficientllm_arith": "exact_match",
-            "efficientllm_arc_easy": "acc_norm", "leaderboard_mmlu_pro": "acc", "leaderboard_bbh": "acc_norm",
+            "efficientllm_arc_easy": "acc_norm", "efficientllm_mmlu": "acc", "leaderboard_mmlu_pro": "acc", "leaderboard_bbh": "acc_norm",
             "leaderboard_gpqa": "acc_norm", "leaderboard_ifeval": "prompt_level_strict_acc",
             "leaderboard_math_hard": "exact_match", "leaderboard_musr": "acc_norm"}
 
@@ -745,6 +789,8 @@ SECTIONS: dict[str, type] = {
     "report": ReportConfig,
     "quantize": QuantizeConfig,
     "quantize_hub": QuantizeHubConfig,
+    "import_model": ImportModelConfig,
+    "quantize_real": QuantizeRealConfig,
     "eval": EvalConfig,
     "cloze": ClozeConfig,
     "vision": VisionConfig,
@@ -770,8 +816,9 @@ def did_you_mean(name: str, known: Any) -> str:
 
 def check_references(params: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
     """Every section of a params file parsed, and every matrix slug defined where it points: pretrain slugs in
-    `variants`, fine-tuning datasets in `sft.datasets`, hub models in `quantize_hub.models`, a task list in
-    `eval.tasks` for every quantize stage with cells. Returns the parsed sections; raises ConfigError naming the
+    `variants`, fine-tuning datasets in `sft.datasets`, hub models in `quantize_hub.models`, imported models in
+    `import_model.models` (and not also a hub model: both write results/quantize/<model>-<precision>), a task list
+    in `eval.tasks` for every quantize stage with cells. Returns the parsed sections; raises ConfigError naming the
     section, the key or slug and the nearest valid name. (Slugs whose registry lives with the techniques, the
     methods and precisions, are checked by the `check_params` stage.)"""
     parsed = {name: load_section(path, name, params) for name in SECTIONS if name in params}
@@ -782,14 +829,21 @@ def check_references(params: Mapping[str, Any], path: str | Path) -> dict[str, A
         refs.append(("finetune_datasets", matrix.finetune_datasets, parsed["sft"].datasets, "[sft] datasets"))
     if "quantize_hub" in parsed:
         refs.append(("quantize_hub", matrix.quantize_hub, parsed["quantize_hub"].models, "[quantize_hub] models"))
+    if "import_model" in parsed:
+        refs.append(("import_model", matrix.import_model, parsed["import_model"].models, "[import_model] models"))
     for key, slugs, defined, where in refs:
         for slug in slugs:
             if slug not in defined:
                 raise ConfigError(f"[matrix] {key}: {slug!r} is not defined in {where}{did_you_mean(slug, defined)} "
                                   f"(defined: {', '.join(defined) or 'none'})")
+    clash = sorted(set(matrix.import_model) & set(matrix.quantize_hub))
+    if clash:
+        raise ConfigError(f"[matrix] import_model: {clash[0]!r} is also a quantize_hub model (their rows would share "
+                          f"results/quantize/{clash[0]}-<precision>)")
     if "eval" in parsed:
         for stage, cells in (("quantize", matrix.quantize), ("quantize_sft", matrix.quantize_sft),
-                             ("quantize_hub", matrix.quantize_hub)):
+                             ("quantize_hub", matrix.quantize_hub),
+                             ("quantize_real", matrix.quantize_real if matrix.import_model else ())):
             if cells and stage not in parsed["eval"].tasks:
                 raise ConfigError(f"[eval] tasks: no task list for stage {stage!r}, which has cells in [matrix]")
     return parsed

@@ -40,13 +40,14 @@ from efficientllm.measure import metrics
 from efficientllm.measure.timing import Phases
 from efficientllm.models.accounting import count_parameters
 from efficientllm.models.baselines import Variant, describe_variant, resolve_recipe
-from efficientllm.models.moe import expert_load_summary
+from efficientllm.models.moe import expert_load_kept, expert_load_summary
 from efficientllm.records import CellId, CellOutcome
 from efficientllm.training import (
     StepWork,
     checkpointer_for,
     curve_csv,
     measured_peak,
+    to_target,
     train_measured,
     training_columns,
     warmup_cosine,
@@ -244,7 +245,7 @@ def lm_probe(model: torch.nn.Module, train_blocks: Any, cfg: PretrainConfig, dis
     micro = dist.shard(next(iterate_batches(train_blocks, cfg.batch_size, cfg.seed, 1)))[:micro_bs].to(dist.device)
 
     def forward() -> Any:
-        with autocast:
+        with autocast, expert_load_kept(model):  # the probe must not count in the MoE routing statistics
             return model(input_ids=micro, labels=micro).loss
 
     return forward
@@ -270,21 +271,19 @@ def pretrain_cell(*, cell: CellId, slug: str, base: ModelConfig, recipe: dict[st
     t_cell = time.perf_counter()
     phases = Phases(f"pretrain@{slug}")
     phases.start("load data")
-    data_dir = Path(data_dir)
-    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained((data_dir := Path(data_dir)) / "tokenizer")
     train_blocks, val_blocks = load_blocks(data_dir / "train.npy"), load_blocks(data_dir / "val.npy")
     stats = load_stats(data_dir)  # prepare's stats.json, read once: data digests, source, split seed, hub commit
     block_len = int(train_blocks.shape[1])
     phases.start("build model")
     variant = model_variant(slug, base, recipe, tokenizer, block_len)
     dist = dist or single_process(cfg.device)
-    device = dist.device
-    micro_bs, accum = micro_batching(cfg.batch_size, dist.world_size, cfg.micro_batch_size)
+    device, (micro_bs, accum) = dist.device, micro_batching(cfg.batch_size, dist.world_size, cfg.micro_batch_size)
     rss_baseline = (RssSensor().read() or (None,))[0]  # the process before the model: the CPU peak is above it
     torch.manual_seed(cfg.seed)
     model = variant.build_model().to(device).train()
-    params = count_parameters(model)
-    model_cls, model_size_bytes = type(model), sum(p.numel() * p.element_size() for p in model.parameters())
+    params, model_cls = count_parameters(model), type(model)
+    model_size_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     autocast, dtype_name = _autocast(device, cfg.dtype)
     compute_dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float32
     if cfg.gradient_checkpointing:
@@ -305,7 +304,11 @@ def pretrain_cell(*, cell: CellId, slug: str, base: ModelConfig, recipe: dict[st
                           measure=measure, progress=("tokens", tokens_per_step),
                           guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "pretrain"), checkpointer=checkpointer,
                           probe=None if is_sharded(model) else lm_probe(model, train_blocks, cfg, dist, autocast,
-                                                                        micro_bs))
+                                                                        micro_bs),
+                          evaluate=lambda: evaluate_perplexity(model, val_blocks, cfg.batch_size, cfg.eval_batches,
+                                                               device, dtype=cfg.dtype, dist=dist,
+                                                               micro_batch_size=micro_bs)[0],
+                          evaluate_every=cfg.eval_every_steps if cfg.target_val_loss is not None else 0)
     expert_load = expert_load_summary(model)  # MoE routing balance over the whole run (None for dense models)
     eval_loss, ppl, examples = _evaluate_and_save(model, model_cls, tokenizer, val_blocks, cfg, dist, micro_bs,
                                                   model_out, phases)
@@ -340,6 +343,7 @@ def pretrain_cell(*, cell: CellId, slug: str, base: ModelConfig, recipe: dict[st
             "resumed_from_step": loop.start or None,  # a killed run resumed from its checkpoint after this many steps
             "checkpoint_s": loop.checkpoint_s,  # checkpoint saves, left out of every window figure
             "phase_s": phases.seconds,
+            "to_target": to_target(loop, cfg.target_val_loss, tokens_per_step),  # efficiency at equal quality
             "quality_sets": ["val_ppl"],  # examples.jsonl: the per-block losses behind quality_value
             # every seed the row's numbers depend on: init + batch order, and the corpus's train / val split
             "seeds": {"pretrain": cfg.seed, "prepare_split": stats.get("seed")},

@@ -125,6 +125,8 @@ class LoopResult:
     """Wall time of the checkpoint saves, excluded from every window figure."""
     memory: dict[str, Any] = field(default_factory=dict)
     """The memory anatomy of a step (efficientllm.measure.anatomy), this rank's."""
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    """(steps done, validation loss) of every periodic evaluation (`evaluate_every`), in order."""
     per_device: list[dict[str, Any]] | None = field(default=None)
     """Each rank's own window figures (several processes only)."""
 
@@ -134,7 +136,8 @@ def train_measured(step_fn: Callable[[int], StepWork], *, section: str, model: t
                    clip_params: list[torch.nn.Parameter], grad_clip: float, dist: DistContext,
                    measure: MeasureConfig, progress: tuple[str, int], guard: CellGuard,
                    checkpointer: Checkpointer | None = None, scaler: Any = None,
-                   probe: Callable[[], Any] | None = None) -> LoopResult:
+                   probe: Callable[[], Any] | None = None, evaluate: Callable[[], float] | None = None,
+                   evaluate_every: int = 0) -> LoopResult:
     """Run optimizer steps 0..steps-1 (resuming after the last checkpoint of `checkpointer`), measuring the window.
 
     `step_fn(step)` runs the forward and backward of every micro-batch of step `step` (gradients accumulated, not
@@ -145,18 +148,21 @@ def train_measured(step_fn: Callable[[int], StepWork], *, section: str, model: t
     the loop unscales before clipping and lets the scaler skip steps whose gradients overflowed. Under several
     processes every rank calls this; rank 0 saves checkpoints. After the loop, outside the window, `probe` (one
     micro-batch's forward, returning anything) is run once under a saved-tensors hook for the activation bytes of
-    the memory anatomy (None: not measured, e.g. under FSDP, whose forward is a collective).
+    the memory anatomy (None: not measured, e.g. under FSDP, whose forward is a collective). `evaluate` (the
+    validation loss) runs every `evaluate_every` steps with the window paused, for the equal-quality figures.
     """
     device = dist.device
     timer = StepTimer(sync=lambda: synchronize(device))
     window = MeasurementWindow(device, interval_s=measure.sample_interval_s,
                                watts_per_core=measure.cpu_watts_per_core)
     curve: list[dict[str, float]] = []
+    evals: list[tuple[int, float]] = []
     start = 0
     if checkpointer is not None:
         state = checkpointer.load(model, optimizer, scheduler)
         if state is not None:
             start, curve = int(state["steps_done"]), list(state["curve"])
+            evals = [(int(s), float(v)) for s, v in state.get("evals", [])]
     window_start = warmup_steps
     if start:  # a resumed run warms up again: its first steps are cold
         window_start = min(start + warmup_steps, steps - 1)
@@ -188,10 +194,13 @@ def train_measured(step_fn: Callable[[int], StepWork], *, section: str, model: t
                 computed += work.computed_tokens
             curve.append({"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
                           progress_name: (step + 1) * per_step, "step_s": timer.samples[-1]})
+            if evaluate is not None and evaluate_every and (step + 1) % evaluate_every == 0:
+                with window.paused() if step >= window_start else contextlib.nullcontext():
+                    evals.append((step + 1, evaluate()))  # every rank: evaluation may be a collective
             if checkpointer is not None and dist.is_main and checkpointer.due(step + 1, steps):
                 t0 = time.perf_counter()
                 with window.paused() if step >= window_start else contextlib.nullcontext():
-                    checkpointer.save(step + 1, model, optimizer, scheduler, {"curve": curve})
+                    checkpointer.save(step + 1, model, optimizer, scheduler, {"curve": curve, "evals": evals})
                 checkpoint_s += time.perf_counter() - t0
             guard.check(step)
     payloads = dist.gather(window_payload(window.result, dist))
@@ -199,8 +208,27 @@ def train_measured(step_fn: Callable[[int], StepWork], *, section: str, model: t
     activations = saved_activation_bytes(probe, model) if probe is not None else None
     return LoopResult(curve=curve, start=start, window_start=window_start, window=win,
                       step_s=timer.samples[window_start - start:], tokens=tokens, computed_tokens=computed,
-                      checkpoint_s=checkpoint_s, memory=training_anatomy(model, optimizer, activations),
+                      checkpoint_s=checkpoint_s, memory=training_anatomy(model, optimizer, activations), evals=evals,
                       per_device=per_device_summary(payloads) if payloads and dist.distributed else None)
+
+
+def to_target(result: LoopResult, target_loss: float | None, per_step: int) -> dict[str, Any] | None:
+    """Efficiency at equal quality: the training time, tokens and energy spent when the validation loss first
+    reached `target_loss` (from the periodic evaluations). Time is the sum of the step times up to that step (the
+    evaluations excluded); energy is the window's mean power x that time (labelled: not a meter reading at that
+    step). None when there were no evaluations."""
+    if target_loss is None or not result.evals:
+        return None
+    hit = next(((steps, loss) for steps, loss in result.evals if loss <= target_loss), None)
+    out: dict[str, Any] = {"target_val_loss": target_loss, "reached": hit is not None,
+                           "evals": [{"steps": s, "val_loss": v} for s, v in result.evals]}
+    if hit is not None:
+        train_s = sum(r["step_s"] for r in result.curve if r["step"] < hit[0])
+        aec = result.window.get("aec_w")
+        out.update(steps=hit[0], val_loss=hit[1], tokens=hit[0] * per_step, train_s=train_s,
+                   energy_j=aec * train_s if aec is not None else None,
+                   energy_method="window mean power x training time to the target")
+    return out
 
 
 def training_columns(result: LoopResult, *, flops_per_token: float, peak_total: float | None, dist: DistContext,

@@ -8,6 +8,8 @@ tied base, fp32 master weights for every method, QLoRA under the same autocast a
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -145,3 +147,23 @@ def test_qlora_frozen_parts_match_lora_under_the_same_autocast(stage_dir):  # no
     assert all(p.dtype == torch.bfloat16 for n, p in floating if not p.requires_grad)
     assert all(p.dtype == torch.float32 for n, p in floating if p.requires_grad)
     assert FinetuneConfig.__dataclass_fields__["dtype"].default == "auto"
+
+
+def test_pretraining_reports_efficiency_at_equal_quality(tmp_path):
+    """Every 2 steps the validation loss (window paused); the first time it reaches the target: its steps,
+    tokens, training time and energy (window power x that time)."""
+    from conftest import TINY_OVERRIDES, copy_repo, run, write_params
+
+    repo = copy_repo(tmp_path / "repo")
+    write_params(repo, {**TINY_OVERRIDES, "pretrain": {**TINY_OVERRIDES["pretrain"], "steps": 8,
+                                                      "eval_every_steps": 2, "target_val_loss": 100.0}})
+    run([sys.executable, "-m", "stages.prepare"], repo)
+    run([sys.executable, "-m", "stages.pretrain", "--variant", "mha"], repo)
+    row = json.loads((repo / "results/pretrain/mha/row.json").read_text())
+    t = row["extra"]["to_target"]
+    assert [e["steps"] for e in t["evals"]] == [2, 4, 6, 8]
+    # a target every evaluation meets: reached at the first one, after 2 steps of 4 x 32 tokens
+    assert t["reached"] and t["steps"] == 2 and t["tokens"] == 2 * 4 * 32
+    curve = (repo / "results/pretrain/mha/loss.csv").read_text().splitlines()[1:3]
+    assert t["train_s"] == pytest.approx(sum(float(line.split(",")[-1]) for line in curve), rel=1e-3)
+    assert t["energy_j"] == pytest.approx(row["aec_w"] * t["train_s"])

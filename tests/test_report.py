@@ -110,7 +110,8 @@ LEADERBOARD_COLUMNS = {
     "pretrain": """
         rank rev stage board cell technique attention positional mlp family n_params n_active_params n_trials
         quality_metric energy_source quality_value quality_ci95 amu_bytes pcu_ratio mfu al_s latency_s_p50
-        latency_s_p99 tt_tokens_per_param_s tokens_per_s aec_w energy_j_per_token peak_mem_bytes
+        latency_s_p99 time_to_target_s tt_tokens_per_param_s tokens_per_s aec_w energy_j_per_token
+        energy_to_target_j peak_mem_bytes
         kv_cache_bytes_per_token model_mem_bytes cost_usd_per_mtok co2_g_per_mtok al_s_ci95 quality_score amu_bytes_rank
         amu_bytes_score pcu_ratio_rank pcu_ratio_score al_s_rank al_s_score tt_tokens_per_param_s_rank
         tt_tokens_per_param_s_score aec_w_rank aec_w_score quality_vs_mha amu_bytes_vs_mha peak_mem_bytes_vs_mha

@@ -18,7 +18,9 @@ from efficientllm.models.accounting import count_parameters; print(count_paramet
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -195,6 +197,18 @@ def expert_load_summary(model: nn.Module) -> dict[str, Any] | None:
         "cv_mean": sum(cvs) / len(cvs) if cvs else None,
         "max_over_mean": max(ratios) if ratios else None,
     }
+
+
+@contextlib.contextmanager
+def expert_load_kept(model: nn.Module) -> Iterator[None]:
+    """Run a forward that must not count in the expert load (a measurement probe): the counts are restored."""
+    layers = [m for m in model.modules() if isinstance(m, MixtureOfExperts)]
+    saved = [None if m._load is None else m._load.clone() for m in layers]
+    try:
+        yield
+    finally:
+        for m, load in zip(layers, saved, strict=True):
+            m._load = load
 
 
 def reset_expert_load(model: nn.Module) -> None:

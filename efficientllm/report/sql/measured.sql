@@ -18,6 +18,9 @@
 --   throughput_tokens_per_s   tokens_per_s; for quantize the generated tokens per second (it_tokens_per_s).
 --   energy_j_per_token        1 / tokens_per_j, else aec_w / throughput_tokens_per_s.
 --   energy_measured           the joules come from a meter (energy_source nvml or rapl), not an estimate.
+--   time_to_target_s, energy_to_target_j   pretraining at equal quality: the training time (and window power x
+--                             that time) until the validation loss first reached pretrain.target_val_loss
+--                             (extra.to_target); null when it was not reached or not evaluated.
 --   tensor_mem_bytes          the memory anatomy's counted tensors: weights + gradients + optimizer state +
 --                             saved activations + KV cache (null when a part is unknown).
 --   model_mem_bytes           the memory a comparison of techniques rests on: on a GPU the allocator's peak
@@ -64,6 +67,8 @@ grouped AS (
         technique_key = baseline OR cell = baseline AS is_baseline,
         coalesce(1.0 / nullif(tokens_per_j, 0), aec_w / nullif(throughput_tokens_per_s, 0)) AS energy_j_per_token,
         coalesce(energy_source IN ('nvml', 'rapl'), false) AS energy_measured,
+        TRY_CAST(extra ->> '$.to_target.train_s' AS DOUBLE) AS time_to_target_s,
+        TRY_CAST(extra ->> '$.to_target.energy_j' AS DOUBLE) AS energy_to_target_j,
         mem_weights_bytes + mem_grads_bytes + mem_optimizer_bytes + mem_activations_bytes + mem_kv_cache_bytes
             AS tensor_mem_bytes,
         CASE WHEN axis = 'quantize' THEN coalesce(

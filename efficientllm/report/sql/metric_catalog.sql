@@ -32,6 +32,8 @@ specific(axis, metric, label, unit, higher_is_better, radar, position, leaderboa
         ('pretrain', 'tokens_per_s', 'throughput', 'tokens/s', true, false, 41, 41, 41),
         ('pretrain', 'mfu', 'MFU', 'ratio', true, false, 21, 21, NULL),
         ('pretrain', 'kv_cache_bytes_per_token', 'KV cache', 'bytes/token', false, false, 61, 61, 70),
+        ('pretrain', 'time_to_target_s', 'time to target loss', 's', false, false, 35, 35, NULL),
+        ('pretrain', 'energy_to_target_j', 'energy to target loss', 'J', false, false, 52, 52, NULL),
         ('finetune', 'st_samples_per_param_s', 'ST', 'samples/param/s', true, true, 40, 40, 40),
         ('finetune', 'tokens_per_s', 'throughput', 'tokens/s', true, false, 41, 41, 41),
         ('finetune', 'mfu', 'MFU', 'ratio', true, false, 21, 21, NULL),

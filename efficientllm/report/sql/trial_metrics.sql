@@ -14,14 +14,14 @@ WITH long AS (
             quality_value AS quality, amu_bytes, pcu_ratio, mfu, al_s, latency_s_p50, latency_s_p99,
             tt_tokens_per_param_s, st_samples_per_param_s, it_tokens_per_s, tokens_per_s, ttft_s_p50, tpot_s_p50,
             aec_w, energy_j_per_token, peak_mem_bytes, model_mem_bytes, kv_cache_bytes_per_token, model_size_bytes,
-            mcr_nominal, mcr_measured, cost_usd_per_mtok, co2_g_per_mtok
+            mcr_nominal, mcr_measured, cost_usd_per_mtok, co2_g_per_mtok, time_to_target_s, energy_to_target_j
         FROM measured
         WHERE status = 'ok'
     )
     ON quality, amu_bytes, pcu_ratio, mfu, al_s, latency_s_p50, latency_s_p99, tt_tokens_per_param_s,
         st_samples_per_param_s, it_tokens_per_s, tokens_per_s, ttft_s_p50, tpot_s_p50, aec_w, energy_j_per_token,
         peak_mem_bytes, model_mem_bytes, kv_cache_bytes_per_token, model_size_bytes, mcr_nominal, mcr_measured,
-        cost_usd_per_mtok, co2_g_per_mtok
+        cost_usd_per_mtok, co2_g_per_mtok, time_to_target_s, energy_to_target_j
     INTO NAME metric VALUE value
 )
 SELECT
