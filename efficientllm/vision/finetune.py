@@ -33,17 +33,8 @@ from efficientllm.records import CellId, CellOutcome
 from efficientllm.techniques import METHODS, learning_rate, make_optimizer
 from efficientllm.techniques.peft_methods import trainable_modules
 from efficientllm.training import curve_csv, measured_peak, train_measured, warmup_cosine
+from efficientllm.vision import diffusion
 from efficientllm.vision.data import load_split, load_stats
-from efficientllm.vision.diffusion import (
-    compute_context,
-    denoise_step,
-    judge,
-    judged_facts,
-    quality_of,
-    throughput_facts,
-    training_flops_per_token,
-    vision_columns,
-)
 from efficientllm.vision.dit import VisionDiT
 from efficientllm.vision.pretrain import check_single_process
 from efficientllm.vision.quality import load_classifier
@@ -115,39 +106,41 @@ def finetune_vision_cell(*, cell: CellId, method: str, cfg: FinetuneVisionConfig
     classifier, _ = load_classifier(classifier_dir)
     dist = dist or single_process(cfg.device)
     device = dist.device
-    autocast, dtype_name = compute_context(device, cfg.dtype)
+    autocast, dtype_name = diffusion.compute_context(device, cfg.dtype)
     base, scheduler = load_base(Path(cfg.base_model), device)
-    before = judge(base, scheduler, classifier, reference, classes, veval, device, autocast, None)
+    before = diffusion.judge(base, scheduler, classifier, reference, classes, veval, device, autocast, None)
     tokens_per_image = (int(base.config.sample_size) // int(base.config.patch_size)) ** 2
     torch.manual_seed(cfg.seed)  # adapter init (LoRA's A, PiSSA's SVD is deterministic) and nothing else
     model = METHODS[method](base, cfg)
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    flops = training_flops_per_token(model, device, tokens_per_image)
+    flops = diffusion.training_flops_per_token(model, device, tokens_per_image)
     opt = make_optimizer(method, model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.steps, cfg.lr_warmup_steps, cfg.min_lr_ratio))
     peak, peak_total = measured_peak(device, torch.bfloat16 if dtype_name == "bfloat16" else torch.float32,
                                      measure, dist)
-    step_fn, probe = denoise_step(model, train, scheduler, batch_size=cfg.batch_size, seed=cfg.seed, class_dropout=0.0,
-                           device=device, autocast=autocast, tokens_per_image=tokens_per_image)
+    step_fn, probe = diffusion.denoise_step(model, train, scheduler, batch_size=cfg.batch_size, seed=cfg.seed,
+                                            class_dropout=0.0, device=device, autocast=autocast,
+                                            tokens_per_image=tokens_per_image)
     loop = train_measured(step_fn, section="finetune_vision", model=model, optimizer=opt, scheduler=sched,
                           steps=cfg.steps, warmup_steps=cfg.measure_warmup_steps,
                           clip_params=[p for p in model.parameters() if p.requires_grad], grad_clip=cfg.grad_clip,
                           dist=dist, measure=measure, progress=("images", cfg.batch_size),
                           guard=CellGuard(cfg.timeout_s, cfg.memory_limit_mb, "finetune_vision"), probe=probe)
-    judged = judge(model, scheduler, classifier, reference, classes, veval, device, autocast, sample_dir)
+    judged = diffusion.judge(model, scheduler, classifier, reference, classes, veval, device, autocast, sample_dir)
     saved_bytes = _save(model, out_dir) if out_dir is not None else None
-    metric, value = quality_of(judged, veval, stats["dataset"])
+    metric, value = diffusion.quality_of(judged, veval, stats["dataset"])
     row = cell.ok_row(
         technique=method, model=cfg.base_model, dataset=stats["dataset"], dtype=dtype_name,
         batch_size=cfg.batch_size, seq_len=tokens_per_image, seed=cfg.seed, n_params=n_params,
         n_active_params=n_params, n_trainable_params=n_trainable,
-        **vision_columns(loop, flops=flops, peak_total=peak_total, dist=dist, cfg=cfg, n_params=n_params),
+        **diffusion.vision_columns(loop, flops=flops, peak_total=peak_total, dist=dist, cfg=cfg, n_params=n_params),
         model_size_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
         quality_metric=metric, quality_value=value, duration_s=time.perf_counter() - t_cell,
         extra={
             **method_facts(method, cfg, model, n_params, n_trainable),
-            **judged_facts(judged, veval, classes), **throughput_facts(loop, judged, cfg, tokens_per_image, flops),
+            **diffusion.judged_facts(judged, veval, classes),
+            **diffusion.throughput_facts(loop, judged, cfg, tokens_per_image, flops),
             "fd_initial": before.report["fd"], "sample_accuracy_initial": before.report["sample_accuracy"],
             "st_param_count": "n_params: all parameters of the model as trained (base + adapter), the paper's ST",
             "saved_bytes": saved_bytes, "train_images": int(len(train.labels)), "base_model": cfg.base_model,
