@@ -25,7 +25,10 @@ def _rows(root: Path) -> Path:
                "quality_metric": "val_ppl", "quality_value": ppl, "al_s": al, "peak_mem_bytes": mem,
                "amu_bytes": mem, "pcu_ratio": 0.5, "tt_tokens_per_param_s": 1 / al, "tokens_per_s": 1000 / al,
                "aec_w": 5.0 + i, "energy_source": "estimate", "timestamp_utc": "2025-06-01T00:00:00Z",
-               "latency_samples_s": [al * (1 + 0.05 * k) for k in range(-3, 4)]}
+               "latency_samples_s": [al * (1 + 0.05 * k) for k in range(-3, 4)],
+               # the memory anatomy of the cell (the rest: the peak minus the counted parts)
+               "mem_weights_bytes": mem / 4, "mem_grads_bytes": mem / 4, "mem_optimizer_bytes": mem / 3,
+               "mem_activations_bytes": mem / 10, "mem_kv_cache_bytes": 0, "mem_other_bytes": mem / 12}
         records.write_row(results / "pretrain" / cell / "row.json", row)
         (results / "pretrain" / cell / "loss.csv").write_text(
             "step,loss\n" + "".join(f"{s},{ppl / 3 - 0.1 * s}\n" for s in range(6)))
@@ -45,7 +48,7 @@ def test_figures_are_drawn_labelled_and_deterministic(tmp_path):
     drawn = plots.draw_figures(con, tmp_path / "a")
     assert [(f.kind, f.path.name) for f in drawn] == [
         ("pareto", "pareto_pretrain.png"), ("radar", "radar_pretrain.png"), ("latency", "latency_pretrain.png"),
-        ("loss", "loss_pretrain.png"),
+        ("memory", "memory_pretrain.png"), ("loss", "loss_pretrain.png"),
     ]
     import matplotlib.image
 

@@ -308,10 +308,47 @@ def samples_figure(con: duckdb.DuckDBPyConnection, rev: str, axis: str, stage: s
     return True
 
 
+ANATOMY_PARTS = (("mem_weights_bytes", "weights"), ("mem_grads_bytes", "gradients"),
+                 ("mem_optimizer_bytes", "optimizer state"), ("mem_activations_bytes", "saved activations"),
+                 ("mem_kv_cache_bytes", "KV cache"), ("mem_other_bytes", "rest (measured peak - counted)"))
+"""The memory anatomy's parts (efficientllm.measure.anatomy), bottom to top of each bar."""
+
+
+def memory_figure(con: duckdb.DuckDBPyConnection, rev: str, axis: str, stage: str, board: str, path: Path) -> bool:
+    """A stacked bar per cell: where its bytes go (weights, gradients, optimizer state, activations, KV cache, and
+    the rest of the measured peak); mean over trials. False when no cell has an anatomy."""
+    columns = ", ".join(f"avg({c}) AS {c}" for c, _ in ANATOMY_PARTS)
+    rows = tables.records(con, f"SELECT cell, {columns}, any_value(peak_mem_source) AS source FROM measured "
+                               "WHERE rev = ? AND stage = ? AND board = ? AND status = 'ok' "
+                               "AND mem_weights_bytes IS NOT NULL GROUP BY cell ORDER BY cell", [rev, stage, board])
+    if not rows:
+        return False
+    height = max(3.2, 1.4 + 0.38 * len(rows))
+    fig = _new_figure(9, height)
+    ax = fig.subplots()
+    fig.subplots_adjust(left=0.2, right=0.7, bottom=0.75 / height, top=1 - 0.7 / height)
+    left = [0.0] * len(rows)
+    for column, label in ANATOMY_PARTS:
+        widths = [max(0.0, r[column] or 0.0) / 2**20 for r in rows]  # a negative rest (CPU) is drawn as none
+        if any(widths):
+            ax.barh([r["cell"] for r in rows], widths, left=left, label=label)
+            left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.set_xlabel("MiB")
+    ax.invert_yaxis()
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    source = sorted({r["source"] or "?" for r in rows})
+    ax.set_title(f"{_board_title(axis, stage, board)}: memory anatomy (counted tensors; rest = peak "
+                 f"[{', '.join(source)}] - counted)", fontsize=9)
+    _save(fig, path)
+    return True
+
+
 FIGURES = {
     "pareto": (pareto_figure, "quality vs memory, latency, energy (Pareto front)"),
     "radar": (radar_figure, "normalised scores per technique"),
     "latency": (latency_figure, "latency distributions"),
+    "memory": (memory_figure, "memory anatomy"),
     "loss": (loss_figure, "training loss curves"),
     "samples": (samples_figure, "generated samples per cell (vision axis)"),
 }
