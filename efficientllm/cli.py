@@ -373,12 +373,29 @@ def export(argv: list[str]) -> int:
     return 0
 
 
+def paper_check(argv: list[str]) -> int:
+    """The study's published figures recomputed with its formulas, checked against physical bounds."""
+    parser = argparse.ArgumentParser(
+        prog="efficientllm paper-check",
+        description="Recompute figures the EfficientLLM study published with its own metric definitions and hold "
+        "them against physical bounds (cluster peak FLOP/s, the bytes a quantized weight needs), with the arithmetic; "
+        "a verdict each: possible or impossible.")
+    parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    args = parser.parse_args(argv)
+    from efficientllm.report import paper_check as pc
+
+    rows = pc.check_all()
+    sys.stdout.write(json.dumps(rows, indent=1) + "\n" if args.format == "json" else pc.render(rows))
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "sql": sql,
     "compare": compare,
     "recommend": recommend,
     "profile": profile,
     "export": export,
+    "paper-check": paper_check,
 }
 """Subcommands by name; `efficientllm <name> --help` shows each one's flags."""
 
