@@ -86,6 +86,65 @@ class CellRun:
         return self.label + (f" trial {self.trial}" if self.trial else "")
 
 
+@dataclass
+class CellArgs:
+    """A measured stage's command line and params, read once: its flags, its params section as given (`repeats`)
+    and as this trial runs it (`cfg`), and `measure`. `cell(...)` makes the stage's `CellRun` from them."""
+
+    module: str
+    args: Any
+    """The parsed flags (the stage's own, `--params`, `--trial`)."""
+    argv: list[str]
+    params: dict[str, Any]
+    section: str
+    repeats: Any
+    cfg: Any
+    measure: Any
+
+    @property
+    def trial(self) -> int:
+        return int(self.args.trial)
+
+    def load(self, name: str) -> Any:
+        """Another params section (checked like every section: `efficientllm.config.load_section`)."""
+        from efficientllm.config import load_section
+
+        return load_section(self.args.params, name, self.params)
+
+    def cell(self, *, label: str, identity: CellId, result_dir: Path, **fields: Any) -> CellRun:
+        """This stage's `CellRun`: module, argv, section and repeats from the command line, the rest as given."""
+        return CellRun(module=self.module, argv=self.argv, label=label, section=self.section, repeats=self.repeats,
+                       identity=identity, result_dir=Path(result_dir), **fields)
+
+
+def cell_args(module: str, doc: str | None, section: str, flags: dict[str, str],
+              argv: list[str] | None = None) -> CellArgs:
+    """Parse a measured stage's command line (`flags`: each required `--flag` and its help, then `--params` and
+    `--trial`) and read its params: the section that holds `trials` (for this trial: `for_trial`) and `measure`."""
+    from stages import stage_parser
+
+    ap = stage_parser(module, doc)
+    for flag, help_text in flags.items():
+        ap.add_argument(flag, required=True, help=help_text)
+    add_trial_argument(ap)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_args(argv)
+
+    from efficientllm.config import load_section, read_params
+
+    params = read_params(args.params)
+    repeats = load_section(args.params, section, params)
+    cfg = for_trial(repeats, args.trial, section)  # trial k > 0: seed + k with trial_seeds: vary
+    return CellArgs(module, args, argv, params, section, repeats, cfg, load_section(args.params, "measure", params))
+
+
+def require_input(path: Path, what: str, stage: str) -> None:
+    """Refuse to start without an upstream stage's output: FileNotFoundError (exit 2) naming the file and the
+    `dvc repro` that makes it."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what} missing: {path} (run `dvc repro {stage}`)")
+
+
 def run_cell(run: CellRun, body: Callable[[Any], CellOutcome]) -> int:
     """Run one cell: launch its ranks or call `body(dist)` (dist: None for one process, else this rank's
     DistContext), write its outputs, run its other trials. Returns the stage's exit code."""

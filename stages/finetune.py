@@ -22,11 +22,10 @@ its ranks and launches nothing. Checkpoint/resume works for one process and DDP,
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from stages import run, stage_parser
-from stages.cells import CellRun, add_trial_argument, for_trial, run_cell, trial_name
+from stages import run
+from stages.cells import cell_args, require_input, run_cell, trial_name
 
 DATA_ROOT = Path("data/sft")
 MODEL_ROOT = Path("models/finetune")
@@ -34,24 +33,13 @@ RESULT_ROOT = Path("results/finetune")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = stage_parser("stages.finetune", __doc__)
-    ap.add_argument("--method", required=True, help="method slug (efficientllm.techniques.METHODS)")
-    ap.add_argument("--dataset", required=True, help="dataset slug from sft.datasets")
-    add_trial_argument(ap)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = ap.parse_args(argv)
-
-    from efficientllm.config import load_section, read_params
-
-    params = read_params(args.params)
-    sft = load_section(args.params, "sft", params)
-    repeats = load_section(args.params, "finetune", params)
-    cfg = for_trial(repeats, args.trial, "finetune")  # trial k > 0: seed + k with trial_seeds: vary
-    measure = load_section(args.params, "measure", params)
-    method, dataset = args.method, args.dataset
+    ca = cell_args("stages.finetune", __doc__, "finetune", {
+        "--method": "method slug (efficientllm.techniques.METHODS)", "--dataset": "dataset slug from sft.datasets"},
+        argv)
+    sft, cfg, trial = ca.load("sft"), ca.cfg, ca.trial
+    method, dataset = ca.args.method, ca.args.dataset
     data_dir = DATA_ROOT / dataset
-    if not (data_dir / "train.jsonl").exists():
-        raise FileNotFoundError(f"SFT data missing: {data_dir}/train.jsonl (run `dvc repro prepare_sft@{dataset}`)")
+    require_input(data_dir / "train.jsonl", "SFT data", f"prepare_sft@{dataset}")
 
     from efficientllm.checkpoint import CHECKPOINT_ROOT
     from efficientllm.examples import EXAMPLES_FILE
@@ -62,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     check_cell(method, sft, cfg)  # bad params fail here, before anything is written
     name = f"{method}-{dataset}"
     # trial 0 writes the adapter and merged model; later trials only their rows (the weights are trial 0's to use)
-    model_dir = MODEL_ROOT / name if args.trial == 0 else None
-    checkpoint_dir = CHECKPOINT_ROOT / "finetune" / trial_name(name, args.trial)
+    model_dir = MODEL_ROOT / name if trial == 0 else None
+    checkpoint_dir = CHECKPOINT_ROOT / "finetune" / trial_name(name, trial)
     reason = distributed_unsupported(method, cfg.parallelism, cfg.nproc_per_node)
 
     def summary(r: dict) -> str:
@@ -74,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"st={r['st_samples_per_param_s']:.3g} peak_mem={r['peak_mem_bytes'] / 2**20:.0f}MiB "
                 f"adapter={x.get('adapter_size_bytes', 0) / 1024:.0f}KiB duration={r['duration_s']:.1f}s")
 
-    cell = CellRun(
-        module="stages.finetune", argv=argv, label=f"finetune@{name}", section="finetune", repeats=repeats,
+    cell = ca.cell(
+        label=f"finetune@{name}",
         identity=CellId(axis="finetune", stage="finetune", cell=name, technique=method, model=cfg.base_model,
-                        dataset=dataset, trial=args.trial, seed=cfg.seed, batch_size=cfg.batch_size,
+                        dataset=dataset, trial=trial, seed=cfg.seed, batch_size=cfg.batch_size,
                         seq_len=sft.max_seq_len),
         result_dir=RESULT_ROOT / name,
         model_dirs=(model_dir / "adapter", model_dir / "merged") if model_dir else (),
@@ -86,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         skip=(CellSkipped,), skip_before_launch=CellSkipped(reason) if reason else None,
         checkpoint_dir=checkpoint_dir, summary=summary)
     return run_cell(cell, lambda dist: finetune_cell(
-        cell=cell.identity, method=method, dataset=dataset, sft=sft, cfg=cfg, measure=measure, data_dir=data_dir,
+        cell=cell.identity, method=method, dataset=dataset, sft=sft, cfg=cfg, measure=ca.measure, data_dir=data_dir,
         out_dir=model_dir, checkpoint_dir=checkpoint_dir, dist=dist))
 
 

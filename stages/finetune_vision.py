@@ -13,37 +13,26 @@ Bad params (an unknown method, qlora) exit 2 and write nothing; a failed base Di
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from stages import run, stage_parser
-from stages.cells import CellRun, add_trial_argument, for_trial, run_cell
+from stages import run
+from stages.cells import cell_args, require_input, run_cell
 
 DATA_DIR = Path("data/vision")
 CLASSIFIER_DIR = Path("models/vision_classifier")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = stage_parser("stages.finetune_vision", __doc__)
-    ap.add_argument("--method", required=True, help="method slug (efficientllm.techniques.METHODS, not qlora)")
-    add_trial_argument(ap)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = ap.parse_args(argv)
-
-    from efficientllm.config import load_section, read_params
+    ca = cell_args("stages.finetune_vision", __doc__, "finetune_vision",
+                   {"--method": "method slug (efficientllm.techniques.METHODS, not qlora)"}, argv)
     from efficientllm.vision.finetune import check_method
     from efficientllm.vision.pretrain import check_single_process
 
-    params = read_params(args.params)
-    repeats = load_section(args.params, "finetune_vision", params)
-    cfg = for_trial(repeats, args.trial, "finetune_vision")
-    veval = load_section(args.params, "vision_eval", params)
-    measure = load_section(args.params, "measure", params)
-    method = args.method
+    method, cfg, trial = ca.args.method, ca.cfg, ca.trial
+    veval = ca.load("vision_eval")
     check_method(method)
     check_single_process(cfg)
-    if not (DATA_DIR / "stats.json").exists():
-        raise FileNotFoundError(f"prepared images missing: {DATA_DIR} (run `dvc repro prepare_vision`)")
+    require_input(DATA_DIR / "stats.json", "prepared images", "prepare_vision")
 
     from efficientllm.records import CellId
     from efficientllm.training import curve_csv
@@ -52,13 +41,12 @@ def main(argv: list[str] | None = None) -> int:
 
     stats = load_stats(DATA_DIR)
     result_dir = Path("results/finetune_vision") / method
-    model_dir = Path("models/finetune_vision") / method if args.trial == 0 else None
-    sample_dir = result_dir / "samples" if args.trial == 0 else None
-    cell = CellRun(
-        module="stages.finetune_vision", argv=argv, label=f"finetune_vision@{method}", section="finetune_vision",
-        repeats=repeats,
+    model_dir = Path("models/finetune_vision") / method if trial == 0 else None
+    sample_dir = result_dir / "samples" if trial == 0 else None
+    cell = ca.cell(
+        label=f"finetune_vision@{method}",
         identity=CellId(axis="finetune_vision", stage="finetune_vision", cell=method, technique=method,
-                        model=cfg.base_model, dataset=stats["dataset"], trial=args.trial, seed=cfg.seed,
+                        model=cfg.base_model, dataset=stats["dataset"], trial=trial, seed=cfg.seed,
                         batch_size=cfg.batch_size),
         result_dir=result_dir, model_dirs=(model_dir,) if model_dir else (),
         failure_files=lambda status: {"loss.csv": curve_csv([]), "samples/FAILED.txt": f"{status}: no samples\n"},
@@ -68,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"{r['n_params']} al_s={r['al_s']:.4f} st={r['st_samples_per_param_s']:.3g} "
                            f"peak_mem={r['peak_mem_bytes'] / 2**20:.0f}MiB duration={r['duration_s']:.1f}s"))
     return run_cell(cell, lambda dist: finetune_vision_cell(
-        cell=cell.identity, method=method, cfg=cfg, veval=veval, measure=measure, data_dir=DATA_DIR,
+        cell=cell.identity, method=method, cfg=cfg, veval=veval, measure=ca.measure, data_dir=DATA_DIR,
         classifier_dir=CLASSIFIER_DIR, out_dir=model_dir, sample_dir=sample_dir, dist=dist))
 
 

@@ -10,28 +10,20 @@ no cells in the default profile (`matrix.finetune_vlm: []`): profiles/paper-visi
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from stages import run, stage_parser
-from stages.cells import CellRun, add_trial_argument, for_trial, run_cell
+from stages import run
+from stages.cells import cell_args, run_cell
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = stage_parser("stages.finetune_vlm", __doc__)
-    ap.add_argument("--model", required=True, help="model slug of finetune_vlm.models")
-    ap.add_argument("--method", required=True, help="method slug (efficientllm.techniques.METHODS)")
-    add_trial_argument(ap)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = ap.parse_args(argv)
-
-    from efficientllm.config import ConfigError, load_section, read_params
+    ca = cell_args("stages.finetune_vlm", __doc__, "finetune_vlm", {
+        "--model": "model slug of finetune_vlm.models", "--method": "method slug (efficientllm.techniques.METHODS)"},
+        argv)
+    from efficientllm.config import ConfigError
     from efficientllm.techniques import METHODS
 
-    params = read_params(args.params)
-    repeats = load_section(args.params, "finetune_vlm", params)
-    cfg = for_trial(repeats, args.trial, "finetune_vlm")
-    measure = load_section(args.params, "measure", params)
+    args, cfg = ca.args, ca.cfg
     if args.model not in cfg.models:
         raise ConfigError(f"[finetune_vlm] models: no model {args.model!r} (defined: {', '.join(cfg.models)})")
     if args.method not in METHODS:
@@ -43,9 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = dict(cfg.models[args.model])
     name = f"vlm-{args.model}-{args.method}"
-    cell = CellRun(
-        module="stages.finetune_vlm", argv=argv, label=f"finetune_vlm@{args.model}-{args.method}",
-        section="finetune_vlm", repeats=repeats,
+    cell = ca.cell(
+        label=f"finetune_vlm@{args.model}-{args.method}",
         identity=CellId(axis="finetune_vision", stage="finetune_vlm", cell=name, technique=args.method,
                         model=spec["id"], dataset=Path(cfg.data).name, trial=args.trial, seed=cfg.seed,
                         batch_size=cfg.batch_size),
@@ -54,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         summary=lambda r: (f"eval_loss={r['quality_value']:.4f} (from {r['extra']['eval_loss_initial']:.4f}) "
                            f"al_s={r['al_s']:.3f} trainable={r['n_trainable_params']}/{r['n_params']}"))
     return run_cell(cell, lambda dist: finetune_vlm_cell(
-        cell=cell.identity, slug=args.model, spec=spec, method=args.method, cfg=cfg, measure=measure,
+        cell=cell.identity, slug=args.model, spec=spec, method=args.method, cfg=cfg, measure=ca.measure,
         data_dir=Path(cfg.data), dist=dist))
 
 

@@ -21,33 +21,23 @@ already (WORLD_SIZE set, e.g. a multi-node launch), the stage runs as one of its
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from stages import run, stage_parser
-from stages.cells import CellRun, add_trial_argument, for_trial, run_cell, trial_name
+from stages import run
+from stages.cells import cell_args, require_input, run_cell, trial_name
 
 DATA_DIR = Path("data/prepared")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = stage_parser("stages.pretrain", __doc__)
-    ap.add_argument("--variant", required=True, help="recipe slug from the [variants] section")
-    add_trial_argument(ap)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = ap.parse_args(argv)
+    ca = cell_args("stages.pretrain", __doc__, "pretrain", {"--variant": "recipe slug from the [variants] section"},
+                   argv)
+    from efficientllm.config import load_variant
 
-    from efficientllm.config import load_section, load_variant, read_params
-
-    params = read_params(args.params)
-    slug = args.variant
-    recipe = load_variant(args.params, slug, params)
-    base = load_section(args.params, "model", params)
-    repeats = load_section(args.params, "pretrain", params)
-    cfg = for_trial(repeats, args.trial, "pretrain")  # trial k > 0: seed + k with trial_seeds: vary
-    measure = load_section(args.params, "measure", params)
-    if not (DATA_DIR / "train.npy").exists():
-        raise FileNotFoundError(f"prepared corpus missing: {DATA_DIR}/train.npy (run `dvc repro prepare`)")
+    slug, cfg, trial = ca.args.variant, ca.cfg, ca.trial
+    recipe = load_variant(ca.args.params, slug, ca.params)
+    base = ca.load("model")
+    require_input(DATA_DIR / "train.npy", "prepared corpus", "prepare")
 
     from transformers import AutoTokenizer
 
@@ -61,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     block_len = int(load_blocks(DATA_DIR / "train.npy").shape[1])
     # Bad recipes fail here, before anything is written.
     model_config(slug, base, recipe, AutoTokenizer.from_pretrained(DATA_DIR / "tokenizer"), block_len)
-    model_dir = Path("models/pretrain") / slug if args.trial == 0 else None  # later trials keep no model
-    checkpoint_dir = CHECKPOINT_ROOT / "pretrain" / trial_name(slug, args.trial)
-    cell = CellRun(
-        module="stages.pretrain", argv=argv, label=f"pretrain@{slug}", section="pretrain", repeats=repeats,
-        identity=CellId(axis="pretrain", stage="pretrain", cell=slug, technique=slug, trial=args.trial,
+    model_dir = Path("models/pretrain") / slug if trial == 0 else None  # later trials keep no model
+    checkpoint_dir = CHECKPOINT_ROOT / "pretrain" / trial_name(slug, trial)
+    cell = ca.cell(
+        label=f"pretrain@{slug}",
+        identity=CellId(axis="pretrain", stage="pretrain", cell=slug, technique=slug, trial=trial,
                         seed=cfg.seed, batch_size=cfg.batch_size, seq_len=block_len),
         result_dir=Path("results/pretrain") / slug, model_dirs=(model_dir,) if model_dir else (),
         failure_files=lambda status: {"loss.csv": curve_csv([]), EXAMPLES_FILE: ""},
@@ -75,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"tokens_per_s={r['tokens_per_s']:.0f} mfu={r['mfu'] or 0:.3f} "
                            f"energy_j={r['energy_j']:.1f} ({r['energy_source']})"))
     return run_cell(cell, lambda dist: pretrain_cell(
-        cell=cell.identity, slug=slug, base=base, recipe=recipe, cfg=cfg, measure=measure, data_dir=DATA_DIR,
+        cell=cell.identity, slug=slug, base=base, recipe=recipe, cfg=cfg, measure=ca.measure, data_dir=DATA_DIR,
         model_out=model_dir, dist=dist, checkpoint_dir=checkpoint_dir))
 
 

@@ -16,37 +16,26 @@ running (NaN loss, `timeout_s` / `memory_limit_mb` passed, a bug) becomes a `sta
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from stages import run, stage_parser
-from stages.cells import CellRun, add_trial_argument, for_trial, run_cell, trial_name
+from stages import run
+from stages.cells import cell_args, require_input, run_cell, trial_name
 
 DATA_DIR = Path("data/vision")
 CLASSIFIER_DIR = Path("models/vision_classifier")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = stage_parser("stages.pretrain_vision", __doc__)
-    ap.add_argument("--variant", required=True, help="DiT recipe slug from the [vision_variants] section")
-    add_trial_argument(ap)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = ap.parse_args(argv)
-
-    from efficientllm.config import load_section, read_params
+    ca = cell_args("stages.pretrain_vision", __doc__, "pretrain_vision",
+                   {"--variant": "DiT recipe slug from the [vision_variants] section"}, argv)
     from efficientllm.vision.pretrain import check_single_process, dit_shape
     from efficientllm.vision.recipes import check_recipe, vision_recipe
 
-    params = read_params(args.params)
-    slug = args.variant
-    recipe = vision_recipe(params, slug)
-    repeats = load_section(args.params, "pretrain_vision", params)
-    cfg = for_trial(repeats, args.trial, "pretrain_vision")
-    veval = load_section(args.params, "vision_eval", params)
-    measure = load_section(args.params, "measure", params)
+    slug, cfg, trial = ca.args.variant, ca.cfg, ca.trial
+    recipe = vision_recipe(ca.params, slug)
+    veval = ca.load("vision_eval")
     check_single_process(cfg)
-    if not (DATA_DIR / "stats.json").exists():
-        raise FileNotFoundError(f"prepared images missing: {DATA_DIR} (run `dvc repro prepare_vision`)")
+    require_input(DATA_DIR / "stats.json", "prepared images", "prepare_vision")
 
     from efficientllm.checkpoint import CHECKPOINT_ROOT
     from efficientllm.records import CellId
@@ -58,13 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     shape = dit_shape(cfg, stats)
     check_recipe(slug, recipe, shape)  # bad recipes fail here, before anything is written
     result_dir = Path("results/pretrain_vision") / slug
-    model_dir = Path("models/pretrain_vision") / slug if args.trial == 0 else None
-    sample_dir = result_dir / "samples" if args.trial == 0 else None
-    checkpoint_dir = CHECKPOINT_ROOT / "pretrain_vision" / trial_name(slug, args.trial)
-    cell = CellRun(
-        module="stages.pretrain_vision", argv=argv, label=f"pretrain_vision@{slug}", section="pretrain_vision",
-        repeats=repeats,
-        identity=CellId(axis="pretrain_vision", stage="pretrain_vision", cell=slug, technique=slug, trial=args.trial,
+    model_dir = Path("models/pretrain_vision") / slug if trial == 0 else None
+    sample_dir = result_dir / "samples" if trial == 0 else None
+    checkpoint_dir = CHECKPOINT_ROOT / "pretrain_vision" / trial_name(slug, trial)
+    cell = ca.cell(
+        label=f"pretrain_vision@{slug}",
+        identity=CellId(axis="pretrain_vision", stage="pretrain_vision", cell=slug, technique=slug, trial=trial,
                         seed=cfg.seed, dataset=stats["dataset"], batch_size=cfg.batch_size,
                         seq_len=shape.tokens_per_image),
         result_dir=result_dir, model_dirs=(model_dir,) if model_dir else (),
@@ -76,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"peak_mem={r['peak_mem_bytes'] / 2**20:.0f}MiB energy_j={r['energy_j']:.1f} "
                            f"({r['energy_source']}) duration={r['duration_s']:.1f}s"))
     return run_cell(cell, lambda dist: pretrain_vision_cell(
-        cell=cell.identity, slug=slug, recipe=recipe, cfg=cfg, veval=veval, measure=measure, data_dir=DATA_DIR,
+        cell=cell.identity, slug=slug, recipe=recipe, cfg=cfg, veval=veval, measure=ca.measure, data_dir=DATA_DIR,
         classifier_dir=CLASSIFIER_DIR, model_out=model_dir, sample_dir=sample_dir, dist=dist,
         checkpoint_dir=checkpoint_dir))
 
