@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from efficientllm.atomic import atomic_write_text
+from efficientllm.data.files import read_json_lines
 
 WORD_RE = re.compile(r"\S+")
 CLOZE_FILE = "test.jsonl"
@@ -35,21 +36,14 @@ META_FILE = "meta.json"
 
 
 def read_documents(path: str | Path) -> list[str]:
-    """The `text` field of every line of a jsonl file (a leading UTF-8 byte-order mark is dropped); errors name the
-    file and line."""
+    """The `text` field of every line of a jsonl file (`files.read_json_lines`: a leading UTF-8 byte-order mark is
+    dropped); errors name the file and line."""
     path = Path(path)
     docs = []
-    with path.open(encoding="utf-8-sig") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not JSON: {e}") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ValueError(f"{path}:{i}: expected an object with a string field 'text'")
-            docs.append(obj["text"])
+    for lineno, obj in read_json_lines(path, "cloze documents"):
+        if not isinstance(obj.get("text"), str):
+            raise ValueError(f"cloze documents: {path}:{lineno}: expected an object with a string field 'text'")
+        docs.append(obj["text"])
     return docs
 
 

@@ -139,13 +139,17 @@ def read_jsonl(path: str | Path) -> list[tuple[str, Any]]:
                 "name the file .json to read it as an array"
             )
         try:
-            obj = json.loads(stripped)
+            rows.append(_json_object(where, json.loads(stripped)))
         except json.JSONDecodeError as e:
             raise SFTDataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise SFTDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        rows.append((where, obj))
     return rows
+
+
+def _json_object(where: str, obj: Any) -> tuple[str, dict[str, Any]]:
+    """(where, obj) for one record of a file; SFTDataError naming `where` unless it is a JSON object."""
+    if not isinstance(obj, dict):
+        raise SFTDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return where, obj
 
 
 def read_json_array(path: str | Path) -> list[tuple[str, Any]]:
@@ -159,13 +163,7 @@ def read_json_array(path: str | Path) -> list[tuple[str, Any]]:
         raise SFTDataError(f"{path} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno}){hint}") from None
     if not isinstance(data, list):
         raise SFTDataError(f"{path}: expected a JSON array of objects, got a JSON {type(data).__name__}")
-    rows = []
-    for i, obj in enumerate(data):
-        where = f"{path} [index {i}]"
-        if not isinstance(obj, dict):
-            raise SFTDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        rows.append((where, obj))
-    return rows
+    return [_json_object(f"{path} [index {i}]", obj) for i, obj in enumerate(data)]
 
 
 def read_parquet(path: str | Path) -> list[tuple[str, Any]]:

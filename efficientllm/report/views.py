@@ -4,7 +4,8 @@ Every measured cell writes one row file (`records.write_row`). `connect` validat
 `records.read_row`, loads them into an in-memory DuckDB as the table `rows` (typed from
 `records.duckdb_columns()`, so a column that is null everywhere still has its type, plus `rev` and
 `row_file`), then creates the views from the plain `.sql` files (`VIEWS` order; a new file in report/sql/ is
-picked up too; the three leaderboards come from one template and `metric_catalog`). `connect_loaded` does the same
+picked up too; the three per-axis views come from one template, the leaderboards from another and
+`metric_catalog`). `connect_loaded` does the same
 for rows read elsewhere, e.g. from several git revisions (`efficientllm.pipeline.revisions`), one `rev` each. Two
 small tables sit beside `rows`: `revisions` (the revisions loaded, in order) and `assumptions` (the user-set price
 and grid intensity of the cost and CO2 columns). Users query them with SQL; the SQL never touches the row files,
@@ -33,8 +34,8 @@ import duckdb
 from efficientllm import records
 
 SQL_DIR = Path(__file__).with_name("sql")
-"""The report's SQL: one file per view (<view>.sql), the leaderboard template (templates/leaderboard.sql) and the
-queries of `claims` and `recommend` (claims/*.sql, recommend/*.sql; see `query`)."""
+"""The report's SQL: one file per view (<view>.sql), the per-axis and leaderboard templates (templates/axis.sql,
+templates/leaderboard.sql) and the queries of `claims` and `recommend` (claims/*.sql, recommend/*.sql; see `query`)."""
 
 VIEWS: tuple[str, ...] = (
     "latest",
@@ -57,7 +58,8 @@ VIEWS: tuple[str, ...] = (
     "revision_diff",
     "sanity",
 )
-"""The views in load order, each made from SQL_DIR/<view>.sql except `leaderboard_<axis>` (`leaderboard_sql`). The
+"""The views in load order, each made from SQL_DIR/<view>.sql except the per-axis views (`axis_sql`) and
+`leaderboard_<axis>` (`leaderboard_sql`). The
 view of any other .sql file in SQL_DIR is created after these, and a view whose dependencies are not there yet is
 retried once the others exist, so the order is a preference, not a contract."""
 
@@ -66,6 +68,55 @@ VIEW_FILES = VIEWS
 
 LEADERBOARD_TEMPLATE = "templates/leaderboard.sql"
 """The one SQL file (in SQL_DIR) behind the three views `leaderboard_<axis>`."""
+
+
+AXIS_TEMPLATE = "templates/axis.sql"
+"""The one SQL file (in SQL_DIR) behind the per-axis views `pretrain`, `finetune` and `quantize`."""
+
+
+@dataclass(frozen=True)
+class AxisView:
+    """The columns the per-axis view of one axis adds to the template's shared ones, by group (SQL expressions over
+    `measured`)."""
+
+    cell: tuple[str, ...]
+    """What the cell is (after its key rev, stage, board, cell)."""
+    size: tuple[str, ...]
+    """Model size beyond n_params."""
+    quality: tuple[str, ...]
+    """Quality beyond quality_value and eval_loss."""
+    speed: tuple[str, ...]
+    """Speed beyond AL and its percentiles."""
+    memory: tuple[str, ...]
+    """Memory beyond peak_mem_bytes."""
+
+
+def _extra(key: str, sql_type: str | None = None) -> str:
+    """The view column `key` taken from the row's `extra` (cast to `sql_type`, null where it is not one)."""
+    value = f"extra ->> '$.{key}'"
+    return f"TRY_CAST({value} AS {sql_type}) AS {key}" if sql_type else f"{value} AS {key}"
+
+
+AXIS_VIEWS: dict[str, AxisView] = {
+    "pretrain": AxisView(
+        cell=("technique", *(_extra(k) for k in ("attention", "positional", "mlp", "family")), "dataset"),
+        size=("n_active_params",), quality=("train_loss_final",),
+        speed=("mfu", "tt_tokens_per_param_s", "tokens_per_s"), memory=("kv_cache_bytes_per_token",)),
+    "finetune": AxisView(
+        cell=("technique AS method", "task"),
+        size=("n_trainable_params", _extra("trainable_fraction", "DOUBLE")),
+        quality=("train_loss_final", _extra("exact_match", "DOUBLE")),
+        speed=("mfu", "st_samples_per_param_s", "tokens_per_s"), memory=("model_size_bytes",)),
+    "quantize": AxisView(
+        cell=("technique_key AS precision",), size=("nominal_bits",),
+        quality=(_extra("val_ppl", "DOUBLE"), "quality_ratio_vs_baseline AS quality_vs_bf16",
+                 _extra("quality_gate_ratio", "DOUBLE"),
+                 "quality_ratio_vs_baseline >= TRY_CAST(extra ->> '$.quality_gate_ratio' AS DOUBLE) "
+                 "AS passes_quality_gate"),
+        speed=("it_tokens_per_s", "ttft_s_p50", "tpot_s_p50"),
+        memory=("model_size_bytes", "mcr_nominal", "mcr_measured", "kv_cache_bytes_per_token")),
+}
+"""The per-axis views (`pretrain`, `finetune`, `quantize`): the template's columns plus these."""
 
 
 @dataclass(frozen=True)
@@ -309,8 +360,20 @@ def view_names() -> list[str]:
 
 
 def view_file(view: str) -> Path:
-    """The file `view` is made from: SQL_DIR/<view>.sql, or the leaderboard template for `leaderboard_<axis>`."""
+    """The file `view` is made from: SQL_DIR/<view>.sql, or the template of a per-axis view or a leaderboard."""
+    if view in AXIS_VIEWS:
+        return SQL_DIR / AXIS_TEMPLATE
     return SQL_DIR / (LEADERBOARD_TEMPLATE if _leaderboard_axis(view) else f"{view}.sql")
+
+
+def axis_sql(axis: str) -> str:
+    """The CREATE VIEW statement of the per-axis view `axis`: the template filled in with `AXIS_VIEWS[axis]`."""
+    columns = AXIS_VIEWS[axis]
+    sep = ",\n    "
+    return view_file(axis).read_text(encoding="utf-8").format(
+        axis=axis, cell_columns=sep.join(columns.cell), size_columns=sep.join(columns.size),
+        quality_columns=sep.join(columns.quality), speed_columns=sep.join(columns.speed),
+        memory_columns=sep.join(columns.memory))
 
 
 def _pick(aggregate: str, column: str, metric: str, name: str) -> str:
@@ -351,6 +414,8 @@ def leaderboard_sql(con: duckdb.DuckDBPyConnection, axis: str) -> str:
 
 def view_sql(con: duckdb.DuckDBPyConnection, view: str) -> str:
     """The CREATE VIEW statement of `view` (see `view_file`); a leaderboard needs `metric_catalog` on `con`."""
+    if view in AXIS_VIEWS:
+        return axis_sql(view)
     axis = _leaderboard_axis(view)
     return leaderboard_sql(con, axis) if axis else view_file(view).read_text(encoding="utf-8")
 
