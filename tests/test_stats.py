@@ -89,3 +89,10 @@ def test_exact_differences_and_t_interval():
     assert stats.exact(100.0, 90.0, "bytes").p == 0.0 and stats.exact(5.0, 5.0, "bytes").p == 1.0
     lo, hi = stats.t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2) = 4.303: 2 -+ 4.303 / sqrt(3)
     assert (lo, hi) == pytest.approx((2 - 2.4843, 2 + 2.4843), abs=1e-3)
+
+
+def test_every_noise_floor_family_is_a_column_the_noise_stage_measures():
+    from efficientllm.measure.noise import NOISE_COLUMNS
+    from efficientllm.report.evidence import FLOOR_OF
+
+    assert set(FLOOR_OF.values()) <= set(NOISE_COLUMNS)

@@ -19,15 +19,6 @@ NOISE_COLUMNS = ("al_s", "latency_s_p50", "tokens_per_s", "tt_tokens_per_param_s
                  "peak_mem_bytes", "amu_bytes", "pcu_ratio")
 """The row columns whose run-to-run spread a noise floor measures."""
 
-FLOOR_OF: dict[str, str] = {
-    "al_s": "al_s", "latency_s_p50": "al_s", "latency_s_p99": "al_s", "ttft_s_p50": "al_s", "tpot_s_p50": "al_s",
-    "tokens_per_s": "tokens_per_s", "tt_tokens_per_param_s": "tokens_per_s", "st_samples_per_param_s": "tokens_per_s",
-    "it_tokens_per_s": "tokens_per_s", "mfu": "tokens_per_s",
-    "aec_w": "aec_w", "energy_j_per_token": "aec_w", "co2_g_per_mtok": "aec_w", "cost_usd_per_mtok": "tokens_per_s",
-    "peak_mem_bytes": "peak_mem_bytes", "amu_bytes": "amu_bytes", "pcu_ratio": "pcu_ratio",
-}
-"""Report metric -> the noise-floor column whose CV stands for its run-to-run spread."""
-
 
 def coefficient_of_variation(values: Sequence[float]) -> float | None:
     """Sample standard deviation / |mean|; None with fewer than two values or a zero mean."""

@@ -8,7 +8,7 @@
   CPU): exact;
 - two or more trials on both sides: Welch's t-test over the trial values (`trial_metrics`);
 - one trial: the relative difference against this machine's noise floor (the latest `noise` row's CV of the
-  metric's family, efficientllm.measure.noise.FLOOR_OF); quality without examples or trials: no test.
+  metric's family, `FLOOR_OF`); quality without examples or trials: no test.
 
 `cell_interval(...)` gives one cell's own 95 % interval of a metric: the bootstrap over its examples for quality,
 the t interval over trials, or, for AL with one trial, a moving-block bootstrap over its step samples.
@@ -24,11 +24,20 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from efficientllm.measure.noise import FLOOR_OF
 from efficientllm.report import stats, tables
 
 EXACT_METRICS = frozenset({"model_size_bytes", "kv_cache_bytes_per_token", "mcr_nominal"})
 """Metrics computed from counts, the same in every run: a difference between two cells is exact."""
+
+FLOOR_OF: dict[str, str] = {
+    "al_s": "al_s", "latency_s_p50": "al_s", "latency_s_p99": "al_s", "ttft_s_p50": "al_s", "tpot_s_p50": "al_s",
+    "tokens_per_s": "tokens_per_s", "tt_tokens_per_param_s": "tokens_per_s", "st_samples_per_param_s": "tokens_per_s",
+    "it_tokens_per_s": "tokens_per_s", "mfu": "tokens_per_s",
+    "aec_w": "aec_w", "energy_j_per_token": "aec_w", "co2_g_per_mtok": "aec_w", "cost_usd_per_mtok": "tokens_per_s",
+    "peak_mem_bytes": "peak_mem_bytes", "amu_bytes": "amu_bytes", "pcu_ratio": "pcu_ratio",
+}
+"""Report metric -> the noise-floor column (efficientllm.measure.noise.NOISE_COLUMNS) whose CV stands for its
+run-to-run spread."""
 
 
 class Evidence:
