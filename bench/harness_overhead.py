@@ -1,15 +1,24 @@
-"""What do the measurement trackers cost? The same training loop with every tracker on vs off.
+"""What do the measurement trackers cost? The same training loop with the trackers on vs off, and each part alone.
 
-"On" is exactly what a pretrain cell runs inside its measured window: a `StepTimer` around each step
-(device sync at both edges) and a `MeasurementWindow` around the loop (background memory sampler
-thread, CPU-time / NVML utilisation, energy counter). "Off" is the bare loop, timed once around all
-steps. Rounds alternate off/on so drift (thermal, other load) hits both alike; the figure is the
-ratio of the median per-step times, on / off. Target: <= 1.01.
+"on" is exactly what a pretrain cell runs inside its measured window (efficientllm.training.train_measured): a
+`StepTimer` around each step (device sync at both edges) and a `MeasurementWindow` around the loop (the memory
+sampler thread, CPU-time / NVML utilisation, the peak-memory reset, the energy counter). "off" is the bare loop,
+timed once around all steps. To find where a cost comes from, three more modes run the parts alone:
 
-The model is the default profile's decoder (params.yaml `model`, vocab 2048, T=128, B=8) on seeded
-random tokens: the work per step is what matters, not the text.
+- `timer`: the StepTimer only;
+- `window`: the MeasurementWindow only (sampler thread at `--interval-s`);
+- `window_nothread`: the MeasurementWindow with no sampler thread (readings at its edges only).
 
-    OMP_WAIT_POLICY=PASSIVE python bench/harness_overhead.py [--rounds 6] [--steps 30]
+As in the pipeline, the window is built before the loop (probing NVML / RAPL is set-up, not a step) and entered and
+left inside the timed region. Rounds rotate the order of the modes so drift (thermal, other load) hits all alike;
+the figure per mode is the median over rounds of its seconds per step, divided by off's (ratio per round of
+adjacent runs, then the median). Also printed: the pipeline's own AL (mean of the timer samples) over off's
+seconds per step. Target for on / off: <= 1.01.
+
+The model is the default profile's decoder (params.yaml `model`, vocab 2048, T=128, B=8) on seeded random tokens:
+the work per step is what matters, not the text.
+
+    python bench/harness_overhead.py [--rounds 16] [--steps 30] [--modes off,on,timer,window,window_nothread]
 """
 
 from __future__ import annotations
@@ -20,15 +29,21 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: `stages`
+from stages import apply_omp_wait_policy  # noqa: E402
+
+apply_omp_wait_policy(sys.argv[1:])  # before torch loads: OpenMP's wait policy from params.yaml, as every stage
 
 import torch  # noqa: E402
 
 from efficientllm.config import load_section  # noqa: E402
 from efficientllm.measure import MeasurementWindow, StepTimer, device_name, resolve_device, synchronize  # noqa: E402
 from efficientllm.models import EfficientLMConfig, EfficientLMForCausalLM  # noqa: E402
+
+MODES = ("off", "on", "timer", "window", "window_nothread")
 
 
 def build(device: torch.device, vocab: int, block_len: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -39,70 +54,96 @@ def build(device: torch.device, vocab: int, block_len: int) -> tuple[torch.nn.Mo
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
 
 
-def run_round(model, opt, batches, device, tracked: bool, interval_s: float) -> float:
-    """Mean seconds per step over `batches`, with or without the trackers."""
+def run_round(model, opt, batches, device, mode: str, interval_s: float) -> tuple[float, float | None]:
+    """(seconds per step over `batches`, the timer's mean sample or None) in one mode."""
 
     def step(batch):
         out = model(input_ids=batch, labels=batch)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(out.loss.detach())  # both modes read the loss every step, as the pretrain loop does
+        return float(out.loss.detach())  # every mode reads the loss every step, as the pretrain loop does
 
+    timed = mode in ("on", "timer")
+    timer = StepTimer(sync=lambda: synchronize(device))
+    window: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if mode in ("on", "window", "window_nothread"):
+        window = MeasurementWindow(device, interval_s=None if mode == "window_nothread" else interval_s,
+                                   watts_per_core=4.0)
     synchronize(device)
     t0 = time.perf_counter()
-    if tracked:
-        timer = StepTimer(sync=lambda: synchronize(device))
-        with MeasurementWindow(device, interval_s=interval_s, watts_per_core=4.0):
-            for b in batches:
+    with window:
+        for b in batches:
+            if timed:
                 with timer.step():
                     step(b)
-    else:
-        with contextlib.nullcontext():
-            for b in batches:
+            else:
                 step(b)
     synchronize(device)
-    return (time.perf_counter() - t0) / len(batches)
+    per_step = (time.perf_counter() - t0) / len(batches)
+    return per_step, statistics.fmean(timer.samples) if timed else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=6, help="off/on pairs")
-    ap.add_argument("--steps", type=int, default=30, help="steps per round")
+    ap.add_argument("--rounds", type=int, default=16, help="rounds; each runs every mode once, order rotated")
+    ap.add_argument("--steps", type=int, default=30, help="steps per run")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--block-len", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=2048)
-    ap.add_argument("--interval-s", type=float, default=0.05, help="sampler interval (params: measure)")
+    ap.add_argument("--interval-s", type=float, default=None,
+                    help="sampler interval (default: params.yaml measure.sample_interval_s)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, off first (of {', '.join(MODES)})")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if modes[:1] != ["off"] or not set(modes) <= set(MODES):
+        ap.error(f"--modes: 'off' first, then any of {', '.join(MODES[1:])}")
+    interval_s = args.interval_s if args.interval_s is not None else load_section(
+        "params.yaml", "measure").sample_interval_s
 
     device = resolve_device(args.device)
     model, opt = build(device, args.vocab, args.block_len)
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, args.vocab, (args.batch_size, args.block_len), generator=g).to(device)
                for _ in range(args.steps)]
-    run_round(model, opt, batches[:5], device, tracked=False, interval_s=args.interval_s)  # warm-up, same shapes
+    run_round(model, opt, batches[:5], device, "off", interval_s)  # warm-up, same shapes
 
-    off, on = [], []
+    per_step: dict[str, list[float]] = {m: [] for m in modes}
+    al: list[float] = []
     for r in range(args.rounds):
-        order = (False, True) if r % 2 == 0 else (True, False)  # alternate which goes first
-        for tracked in order:
-            s = run_round(model, opt, batches, device, tracked, args.interval_s)
-            (on if tracked else off).append(s)
+        k = r % len(modes)
+        order = modes[k:] + modes[:k]
+        if r % 2:
+            order = order[::-1]
+        for mode in order:
+            s, mean_sample = run_round(model, opt, batches, device, mode, interval_s)
+            per_step[mode].append(s)
+            if mode == "on":
+                al.append(mean_sample)
 
-    m_off, m_on = statistics.median(off), statistics.median(on)
-    ratio = m_on / m_off
+    off = per_step["off"]
     print(f"device: {device_name(device)} ({device}), threads {torch.get_num_threads()}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    print(f"{'mode':<6} {'median s/step':>14} {'min':>9} {'max':>9}   rounds")
-    for name, xs in (("off", off), ("on", on)):
-        print(f"{name:<6} {statistics.median(xs):>14.5f} {min(xs):>9.5f} {max(xs):>9.5f}   "
-              + " ".join(f"{x:.4f}" for x in xs))
-    verdict = "meets" if ratio <= 1.01 else "misses"
-    print(f"overhead ratio on/off = {ratio:.4f} ({verdict} the <= 1.01 target)")
-    print(json.dumps({"bench": "harness_overhead", "ratio_on_off": round(ratio, 5), "median_s_per_step_off": m_off,
-                      "median_s_per_step_on": m_on, "rounds": args.rounds, "steps": args.steps,
-                      "device": str(device), "device_name": device_name(device)}))
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, sampler interval {interval_s} s, "
+          f"{args.rounds} rounds x {args.steps} steps")
+    print(f"{'mode':<16} {'median s/step':>14} {'ratio to off':>13} {'min':>9} {'max':>9}")
+    result: dict[str, object] = {"bench": "harness_overhead", "rounds": args.rounds, "steps": args.steps,
+                                 "interval_s": interval_s, "device": str(device), "device_name": device_name(device),
+                                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    for mode in modes:
+        xs = per_step[mode]
+        ratio = statistics.median(x / o for x, o in zip(xs, off, strict=True))
+        result[f"ratio_{mode}_off"] = round(ratio, 5)
+        result[f"median_s_per_step_{mode}"] = statistics.median(xs)
+        print(f"{mode:<16} {statistics.median(xs):>14.5f} {ratio:>13.4f} {min(xs):>9.5f} {max(xs):>9.5f}")
+    if al:
+        ratio_al = statistics.median(a / o for a, o in zip(al, off, strict=True))
+        result["ratio_al_off"] = round(ratio_al, 5)
+        print(f"{'AL (on, timer)':<16} {statistics.median(al):>14.5f} {ratio_al:>13.4f}")
+    if "on" in per_step:
+        ratio = result["ratio_on_off"]
+        print(f"overhead ratio on/off = {ratio:.4f} ({'meets' if ratio <= 1.01 else 'misses'} the <= 1.01 target)")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -369,6 +369,11 @@ class MeasureConfig:
     which a one-trial difference between two cells must clear (twice over) to count."""
     noise_variant: str = "mha"
     """The pretraining recipe (a `variants` slug) the noise floor repeats."""
+    omp_wait_policy: str = field(default="passive", metadata=_meta(choices=("passive", "active", "inherit")))
+    """OpenMP's wait policy in every stage process (set before torch loads; recorded in the row's omp_wait_policy):
+    passive (idle OpenMP threads sleep), active (they spin, taking cores) or inherit (the environment's
+    OMP_WAIT_POLICY, else libgomp's default). A measured choice: bench/stability.py --omp-wait-policy compares them
+    (README, "Getting stable numbers")."""
 
 
 @dataclass(frozen=True)

@@ -54,11 +54,13 @@ def git_state(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def provenance(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
-    """git_sha, git_dirty, python/torch/transformers/peft versions, hostname, timestamp_utc (ISO 8601)."""
+    """git_sha, git_dirty, python/torch/transformers/peft versions, hostname, omp_wait_policy (the process's
+    OMP_WAIT_POLICY, lower case; None when unset), timestamp_utc (ISO 8601)."""
     row: dict[str, Any] = git_state(cwd)
     row["python_version"] = platform.python_version()
     for column, distribution in _PACKAGES.items():
         row[column] = package_version(distribution)
     row["hostname"] = socket.gethostname()
+    row["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() or None
     row["timestamp_utc"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     return row

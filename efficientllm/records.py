@@ -201,6 +201,8 @@ SCHEMA: tuple[Column, ...] = (
     _c("transformers_version", "VARCHAR", "transformers version"),
     _c("peft_version", "VARCHAR", "peft version"),
     _c("hostname", "VARCHAR", "host the cell ran on"),
+    _c("omp_wait_policy", "VARCHAR", "OMP_WAIT_POLICY of the cell's process (passive | active; null: unset, libgomp's "
+                                     "default), from params measure.omp_wait_policy"),
     _c("timestamp_utc", "TIMESTAMP", "end of the cell, UTC, ISO 8601"),
     _c("duration_s", "DOUBLE", "wall time of the whole cell, s"),
     _c("extra", "JSON", "technique-specific fields (JSON object)"),

@@ -181,11 +181,10 @@ def dvc_command(*args: str) -> list[str]:
 
 def dvc_env() -> dict[str, str]:
     """Environment for DVC subprocesses: this interpreter's bin first on PATH (stage commands say
-    `python`), analytics off, the measured-process settings stages also set."""
+    `python`), analytics off. OpenMP's wait policy is the stages' own (params measure.omp_wait_policy)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("DVC_NO_ANALYTICS", "1")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 
