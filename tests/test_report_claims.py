@@ -270,3 +270,37 @@ def test_compare_two_cells_with_the_test_that_fits_each_metric(root, capsys):
     assert "| paired-bootstrap (1 vs 1 trials x 40 examples) |" in md
     assert cli.main(["compare", "--cells", "pretrain@nope", "mha", "--rows", rows_glob]) == 2
     assert "'pretrain@nope' has no ok row (ok cells: " in capsys.readouterr().err
+
+
+def _index_table(index: str, heading: str) -> dict[str, dict[str, str]]:
+    """cell -> column -> text of the first table under `heading` in index.md."""
+    lines = index[index.index(heading):].splitlines()
+    table = [line for line in lines[2:] if line.startswith("|")]
+    header = [h.strip() for h in table[0].strip("|").split("|")]
+    out = {}
+    for line in table[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        out[cells[1]] = dict(zip(header, cells, strict=True))
+    return out
+
+
+@pytest.mark.parametrize("with_floor", [True, False])
+def test_the_report_marks_only_what_the_test_says(tmp_path, with_floor):
+    """≈ after a ratio only where the test against the baseline is not significant; ? where no test can run; one
+    trial's quality still shows its 95 % interval (bootstrap over its examples)."""
+    from efficientllm.report.build import build_report
+
+    if with_floor:
+        _row(tmp_path, "noise", "noise_floor", "machine", extra={"cv": NOISE})
+    _pre(tmp_path, "mha", 20.0, al=0.200, seed=1)
+    _pre(tmp_path, "mqa", 20.0, al=0.300, seed=2)     # the same quality; 50 % slower
+    _pre(tmp_path, "mla", 15.0, al=0.201, seed=3)     # clearly better quality; AL 0.5 % apart
+    build_report(str(tmp_path / "*" / "*" / "row.json"), tmp_path / "report", figures=False)
+    table = _index_table((tmp_path / "report" / "index.md").read_text(), "## Architecture pretraining")
+    assert table["mqa"]["quality ÷ mha"].endswith("≈") and not table["mla"]["quality ÷ mha"].endswith(("≈", "?"))
+    assert all(" ± " in table[c]["quality (val_ppl)"] for c in ("mha", "mqa", "mla"))
+    assert table["mha"]["AL ÷ mha"] == "1.00×"
+    if with_floor:
+        assert table["mla"]["AL ÷ mha"].endswith("≈") and not table["mqa"]["AL ÷ mha"].endswith(("≈", "?"))
+    else:  # one trial each and no measured noise floor: no test of a timing difference
+        assert table["mla"]["AL ÷ mha"].endswith("?") and table["mqa"]["AL ÷ mha"].endswith("?")

@@ -4,8 +4,9 @@
 the Markdown is what `efficientllm sql` returns. It writes, into `out_dir`:
 
 - `index.md`: what was measured; the paper's claims checked against our numbers (`report.claims`); per axis
-  and board a compact leaderboard (mean ± 95% CI over trials, ratios to the baseline, ≈ where the
-  difference is within noise) and its Pareto plot; failed / skipped cells; the cost and CO2 assumptions;
+  and board a compact leaderboard (mean ± 95% CI, ratios to the baseline, ≈ where the test of the cell
+  against the baseline finds no significant difference: `_with_evidence`) and its Pareto plot; failed /
+  skipped cells; the cost and CO2 assumptions;
   what the metrics mean;
 - `pretrain.md`, `finetune.md`, `quantize.md` (axes with rows): every metric with its rank, the paper's
   normalised scores and the ratios to the baseline, and every figure of the axis;
@@ -35,7 +36,7 @@ from typing import Any
 import duckdb
 
 from efficientllm import records
-from efficientllm.report import claims, plots, tables, views
+from efficientllm.report import claims, evidence, plots, tables, views
 
 AXES: tuple[tuple[str, str], ...] = (
     ("pretrain", "Architecture pretraining"),
@@ -91,8 +92,12 @@ LEGEND = """\
   weight; the measured-bytes MCR is on the quantize page.
 - **cost / CO2 per million tokens**: from the USER-SET price per device-hour and grid intensity (see
   Assumptions), not measured.
-- **mean ± x**: mean over trials ± the half-width of its 95% confidence interval (Student's t); one trial has
-  no interval. **≈** after a ratio: the 95% CIs of the cell and the baseline overlap (a difference within noise).
+- **mean ± x**: mean ± the half-width of its 95% confidence interval: Student's t over trials; with one trial, a
+  bootstrap over the cell's evaluated examples (quality) or over blocks of its step times (AL); no interval where
+  none of these exists. **≈** after a ratio: the test of the cell against the baseline (paired bootstrap over the
+  shared examples, Welch over trials, or, with one trial, the difference against this machine's measured noise
+  floor; `efficientllm compare --cells`) finds no significant difference at 95 %; **?**: no test is possible (e.g.
+  one trial and no noise floor); no mark: the difference is significant.
 - **normalised score** (axis pages, radars): the paper's min-max score (appendix eqs. 10-11) into [0.1, 1] per
   metric within a board, 1 = best, flipped for lower-is-better metrics.
 """
@@ -123,7 +128,31 @@ def _ratio(row: dict[str, Any] | None) -> str:
     if row is None:
         return "—"
     text = tables.ratio(row["vs_baseline"])
-    return text + " ≈" if row["within_noise_of_baseline"] else text
+    if row["vs_baseline"] is None or row.get("is_baseline"):
+        return text
+    tested = row.get("baseline_test")  # `_with_evidence`: True significant, False not, None no test
+    return text + (" ≈" if tested is False else " ?" if tested is None else "")
+
+
+def _with_evidence(con: duckdb.DuckDBPyConnection, boards: dict) -> None:
+    """Put the evidence behind the shown numbers into the score rows of `boards` (in place): a cell's own 95 %
+    interval where its trials give none (`Evidence.cell_interval`: the bootstrap over its examples for quality, over
+    blocks of its step samples for AL; shown as the larger half-width), and `baseline_test`, whether the test of the
+    cell against its board's baseline cell (`Evidence.compare`) is significant at 95 % (None: no test possible)."""
+    ev = evidence.Evidence(con)
+    for (_axis, stage, _board), cells in boards.items():
+        base = next((c for c, metrics in cells.items() if any(r.get("is_baseline") for r in metrics.values())), None)
+        for cell, metrics in cells.items():
+            for metric, row in metrics.items():
+                if row["mean"] is None:
+                    continue
+                if row["ci95"] is None:
+                    interval = ev.cell_interval(row["rev"], stage, cell, metric)
+                    if interval is not None:
+                        row["ci95"] = max(row["mean"] - interval[0], interval[1] - row["mean"], 0.0)
+                if base is not None and cell != base:
+                    test = ev.compare(row["rev"], stage, cell, base, metric)
+                    row["baseline_test"] = None if test.p is None else test.significant
 
 
 def _board_heading(level: str, axis: str, stage: str, board: str) -> str:
@@ -270,7 +299,8 @@ def _axis_page(axis: str, title: str, boards: dict, catalog: dict, figures: list
     out = [f"# {title}", "", "[← report](index.md)", "",
            "Means over trials ± 95% CI (rank within the board in brackets; 1 = best), the paper's normalised "
            f"scores (eqs. 10-11: 1 = best of the board, 0.1 = worst) and ratios to the `{baseline}` baseline "
-           "(≈: the CIs overlap). Same numbers: `efficientllm sql \"SELECT * FROM scores WHERE axis = "
+           "(≈: no significant difference from it at 95 %; ?: no test possible; see the legend of the report). "
+           "Same numbers: `efficientllm sql \"SELECT * FROM scores WHERE axis = "
            f"'{axis}'\"`.", ""]
     for key, cells in sorted(boards.items()):
         heading = _board_heading("##", *key)
@@ -432,6 +462,7 @@ def build_report(row_files: views.RowFiles, out_dir: str | os.PathLike, title: s
 
         axes_with_rows = {a for (a,) in con.execute("SELECT DISTINCT axis FROM latest").fetchall()}
         boards = _group(tables.records(con, views.query("report/scores_shown")))
+        _with_evidence(con, boards)
         catalog = _catalog(con)
         for axis, axis_title in AXES:
             if axis in axes_with_rows:
