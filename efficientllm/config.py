@@ -66,12 +66,22 @@ class MatrixConfig:
     """Precision slugs of the `quantize_real` stage, run on every imported model (the matrix is import_model x
     these); empty: no such cells."""
 
+    sweep_attention: tuple[str, ...] = ()
+    """Recipe slugs (of `variants`) of the `sweep_attention` stage: one scaling map (latency and memory over context
+    length x batch, efficientllm.sweep) per attention variant at `sweep.shape`; empty: no such cells."""
+    sweep_precision: tuple[str, ...] = ()
+    """Precision slugs (efficientllm.techniques.quantization.PRECISIONS) of the `sweep_precision` stage: one scaling
+    map per precision of `sweep.precision_model`; empty: no such cells."""
+
     VISION_KEYS: ClassVar[tuple[str, ...]] = ("pretrain_vision", "finetune_vision", "finetune_vlm",
                                               "finetune_vlm_methods")
     """The vision axis' keys (efficientllm.vision); every one may be empty."""
+    SWEEP_KEYS: ClassVar[tuple[str, ...]] = ("sweep_attention", "sweep_precision")
+    """The scaling maps' keys (efficientllm.sweep); both may be empty."""
 
     def __post_init__(self) -> None:
-        optional = ("quantize_sft", "quantize_hub", "import_model", "quantize_real", *self.VISION_KEYS)
+        optional = ("quantize_sft", "quantize_hub", "import_model", "quantize_real", *self.VISION_KEYS,
+                    *self.SWEEP_KEYS)
         for stage in ("pretrain", "finetune_methods", "finetune_datasets", "quantize", *optional):
             slugs = getattr(self, stage)
             if not slugs and stage not in optional:
@@ -783,6 +793,75 @@ class FinetuneVLMConfig(DiTConfig):
                 raise ConfigError(f"[finetune_vlm] models.{slug}: expected {{id: ..., revision: ...}}, got {spec!r}")
 
 
+def _default_sweep_shape() -> dict[str, Any]:
+    return {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+            "num_key_value_heads": 9, "rope_theta": 100000.0, "tie_word_embeddings": True}
+
+
+@dataclass(frozen=True)
+class SweepConfig(TrialsConfig):
+    """The scaling maps (efficientllm.sweep): inference latency and memory over a grid of context lengths x batch
+    sizes, one model per cell: `sweep_attention@<variant>` (our decoder at `shape`, random weights) and
+    `sweep_precision@<precision>` (`precision_model` loaded at that precision)."""
+
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N (auto: cuda when available)."""
+    seed: int = 1234
+    """Seed of the random weights and the random prompt token ids."""
+    contexts: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
+    """Context lengths (prompt tokens per sequence) of the map, ascending."""
+    batch_sizes: tuple[int, ...] = (1, 4, 16)
+    """Batch sizes (sequences per request) of the map, ascending; a batch whose weights + KV cache exceed
+    `memory_budget_mib` at a context is recorded `over_budget` there, not run."""
+    grid: str = field(default="cross", metadata=_meta(choices=("cross", "lines")))
+    """cross: every context x every batch; lines: every context at the first batch and every batch at the first
+    context (the two lines the crossovers are read along, at a fraction of the cost)."""
+    max_new_tokens: int = field(default=16, metadata=_meta(min=2))
+    """Generated tokens per request (= min_new_tokens, greedy): TPOT is the median of their decode steps."""
+    warmup_runs: int = field(default=1, metadata=_meta(min=1))
+    """Untimed requests per point before the timed ones (same shapes); the first also counts the KV cache."""
+    min_runs: int = field(default=3, metadata=_meta(min=1))
+    """Timed requests per point: at least this many ..."""
+    min_duration_s: float = field(default=0.0, metadata=_meta(min=0.0))
+    """... and at least this long in total ..."""
+    max_runs: int = field(default=50, metadata=_meta(min=1))
+    """... and never more than this many."""
+    memory_budget_mib: float = field(default=16384.0, metadata=_meta(min=0.0, min_exclusive=True))
+    """Memory budget (MiB) for weights + KV cache: each point reports the largest batch that fits it at its context."""
+    dtype: str = field(default="auto", metadata=_meta(choices=("auto", *_FLOAT_DTYPES)))
+    """dtype of the attention map's model (auto: bfloat16 on a CUDA device that supports it, else float32)."""
+    vocab_size: int = field(default=49152, metadata=_meta(min=2))
+    """The attention map's vocabulary (SmolLM2's 49,152: the embedding and LM head of a real small model)."""
+    shape: dict[str, Any] = field(default_factory=dict)
+    """The attention map's shape: keys of `model` over SmolLM2-135M's (hidden 576, FFN 1536, 30 layers, 9 heads,
+    rope_theta 1e5, tied embeddings); each variant's recipe (`variants`) applies on top."""
+    variant_overrides: dict[str, Any] = field(default_factory=dict)
+    """Variant slug -> recipe keys replacing its `variants` recipe's at this shape (e.g. gqa's KV heads must divide
+    9 query heads)."""
+    precision_model: str | None = None
+    """The precision map's model: a local transformers folder (safetensors), e.g. an `import_model` out; None: a
+    random-initialised LlamaForCausalLM of SmolLM2-135M's config."""
+    precision_num_hidden_layers: int | None = field(default=None, metadata=_meta(min=1))
+    """Keep only the first N decoder blocks of the precision map's model (a cheaper map; None: all of them)."""
+
+    def model_shape(self) -> dict[str, Any]:
+        """SmolLM2-135M's shape with `shape` over it."""
+        return {**_default_sweep_shape(), **self.shape}
+
+    def __post_init__(self) -> None:
+        for key in ("contexts", "batch_sizes"):
+            values = getattr(self, key)
+            if not values or any(v < 1 for v in values) or list(values) != sorted(set(values)):
+                raise ConfigError(f"[sweep] {key}: expected ascending, distinct positive integers, got {list(values)}")
+        if self.min_runs > self.max_runs:
+            raise ConfigError(f"[sweep] min_runs={self.min_runs} must be <= max_runs={self.max_runs}")
+        parse_section(ModelConfig, "sweep.shape", self.model_shape())
+        for slug, recipe in self.variant_overrides.items():
+            if not isinstance(recipe, Mapping):
+                raise ConfigError(f"[sweep] variant_overrides.{slug}: expected a mapping of recipe keys, "
+                                  f"got {recipe!r}")
+
+
 SECTIONS: dict[str, type] = {
     "matrix": MatrixConfig,
     "prepare": PrepareConfig,
@@ -803,6 +882,7 @@ SECTIONS: dict[str, type] = {
     "pretrain_vision": PretrainVisionConfig,
     "finetune_vision": FinetuneVisionConfig,
     "finetune_vlm": FinetuneVLMConfig,
+    "sweep": SweepConfig,
 }
 FREE_SECTIONS = ("variants", "vision_variants")
 """Params sections without a dataclass (each recipe is checked by `load_variant` and the model that builds it)."""

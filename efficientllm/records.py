@@ -115,7 +115,8 @@ SCHEMA: tuple[Column, ...] = (
     _c("schema_version", "INTEGER", "version of this schema"),
     _c("run_id", "VARCHAR", "unique id of the measured cell run"),
     _c("axis", "VARCHAR", "pretrain | finetune | quantize | pretrain_vision | finetune_vision (the DiT and VLM cells; "
-                           "their tokens are image patches)"),
+                           "their tokens are image patches) | sweep (a scaling map cell: one line over a grid of "
+                           "context x batch points, the points in extra.points, view `sweep`)"),
     _c("stage", "VARCHAR", "DVC stage name"),
     _c("cell", "VARCHAR", "matrix cell slug, e.g. mha"),
     _c("technique", "VARCHAR", "technique slug measured in this cell"),

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from efficientllm.atomic import atomic_write_text
     from efficientllm.config import ConfigError, check_references, did_you_mean, read_params
+    from efficientllm.maps import check_sweep
     from efficientllm.models.baselines import resolve_recipe
     from efficientllm.techniques import METHODS
     from efficientllm.techniques.quantization import PRECISIONS
@@ -53,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, TypeError) as e:
             raise ConfigError(f"[variants] {slug}: {e}") from None
     n_dit = check_vision(params, parsed, METHODS)  # the vision axis' matrices and DiT recipes
+    n_maps = check_sweep(params, parsed, PRECISIONS)  # the scaling maps' variants (at sweep.shape) and precisions
     checked = sorted([*parsed, "variants", *(["vision_variants"] if "vision_variants" in params else [])])
     atomic_write_text(OUT, json.dumps({"checked": checked}, indent=1) + "\n")
-    print(f"params: {len(checked)} sections checked, {len(matrix.pretrain)} recipes and {n_dit} DiT recipes build")
+    print(f"params: {len(checked)} sections checked, {len(matrix.pretrain)} recipes, {n_dit} DiT recipes and "
+          f"{n_maps} scaling-map recipes build")
     return 0
 
 

@@ -30,7 +30,8 @@ TINY_OVERRIDES = {
     # fine-tuning: one cell (lora on arith), a few steps; sft.max_seq_len stays 128 (RoPE base, any position)
     "matrix": {"pretrain": ["mha"], "finetune_methods": ["lora"], "finetune_datasets": ["arith"],
                "quantize": ["bf16", "int4"], "quantize_sft": ["bf16"],  # the bf16 reference + one bitsandbytes cell
-               "pretrain_vision": ["mha"], "finetune_vision": ["lora"]},  # the vision axis: one cell each
+               "pretrain_vision": ["mha"], "finetune_vision": ["lora"],  # the vision axis: one cell each
+               "sweep_attention": ["mha", "mqa"], "sweep_precision": ["bf16"]},  # scaling maps: a crossover to read
     "sft": {"datasets": {"arith": {"source": "arith", "n_examples": 48}}, "max_eval_examples": 8},
     "finetune": {"steps": 3, "measure_warmup_steps": 1, "eval_examples": 4, "gen_eval_examples": 2,
                  "max_new_tokens": 8},
@@ -48,6 +49,11 @@ TINY_OVERRIDES = {
     "pretrain_vision": {"batch_size": 8, "steps": 4, "lr_warmup_steps": 1, "measure_warmup_steps": 1,
                         "hidden_size": 32, "num_attention_heads": 2},
     "finetune_vision": {"batch_size": 8, "steps": 3, "lr_warmup_steps": 1, "measure_warmup_steps": 1},
+    # scaling maps: a width-32 one-layer decoder and a one-block SmolLM2-config Llama at 3 points each
+    "sweep": {"contexts": [8, 16], "batch_sizes": [1, 2], "grid": "lines", "max_new_tokens": 3, "min_runs": 1,
+              "vocab_size": 320, "variant_overrides": {}, "precision_num_hidden_layers": 1,
+              "shape": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                        "num_key_value_heads": 2}},
 }
 
 

@@ -374,6 +374,78 @@ def _assumptions_section(con: duckdb.DuckDBPyConnection) -> list[str]:
             "are estimates of estimates.", ""]
 
 
+SWEEP_X_AXIS = {"attention": "context", "precision": "batch_size"}
+"""The crossovers each map's report lines read: attention variants along context length (the KV cache grows with
+it), precisions along batch size (decode turns from memory- to compute-bound); the rest are in `sweep_crossovers`."""
+
+
+def _crossover_line(r: dict[str, Any]) -> str:
+    """One report line for a row of `sweep_crossovers`."""
+    x_name = "context" if r["x_axis"] == "context" else "batch"
+    at = f"{'batch' if r['fixed_axis'] == 'batch_size' else 'context'} {r['fixed_value']}"
+    ends = (f"TPOT {tables.ratio(r['tpot_ratio_at_x_min'])} the reference's at {x_name} {r['x_min']}, "
+            f"{tables.ratio(r['tpot_ratio_at_x_max'])} at {r['x_max']}")
+    ref, span = r["reference"], f"{x_name} ({r['x_min']}–{r['x_max']})"
+    what = {
+        "crosses": f"decodes faster than {ref} beyond {x_name} {r['last_slower_x']}: from {r['crossover_x']} on",
+        "faster everywhere measured": f"decodes faster than {ref} at every measured {span}",
+        "slower everywhere measured": f"decodes no faster than {ref} at any measured {span}: no crossover in range",
+        "crosses back": f"decodes faster than {ref} up to {x_name} {r['faster_until_x']}, not at {r['x_max']}: the "
+                        "crossing runs the other way",
+    }.get(r["verdict"], f"no consistent crossover with {ref} (faster only between the ends of the measured {span})")
+    return f"- **{r['map']} · {r['line']}** ({at}): {what}; {ends}."
+
+
+def _sweep_table(con: duckdb.DuckDBPyConnection, map_name: str) -> list[str]:
+    """A map's lines: TPOT at every context of the smallest batch, the KV cache per token (counted, and counted /
+    analytic) and the largest batch in the budget at the longest context."""
+    rows = tables.records(con, "SELECT line, context, batch_size, avg(tpot_s_p50) AS tpot, avg(ttft_s_p50) AS ttft, "
+                               "avg(kv_cache_bytes_per_token) AS kv, avg(kv_cache_measured_vs_analytic) AS kv_ratio, "
+                               "min(max_batch_in_budget) AS max_batch FROM sweep WHERE rev = 'workspace' AND map = ? "
+                               "AND point_status = 'ok' GROUP BY ALL ORDER BY line, context, batch_size", [map_name])
+    if not rows:
+        return []
+    batch = min(r["batch_size"] for r in rows)
+    contexts = sorted({r["context"] for r in rows if r["batch_size"] == batch})
+    headers = ["line", *(f"TPOT at {c} (ms)" for c in contexts), f"TTFT at {contexts[-1]} (ms)",
+               "KV cache (KiB/token)", "counted ÷ analytic", f"largest batch in budget at {contexts[-1]}"]
+    body = []
+    for line in sorted({r["line"] for r in rows}):
+        mine = {r["context"]: r for r in rows if r["line"] == line and r["batch_size"] == batch}
+        last = mine.get(contexts[-1]) or {}
+        body.append([line, *(tables.scaled((mine.get(c) or {}).get("tpot"), "s") for c in contexts),
+                     tables.scaled(last.get("ttft"), "s"), tables.scaled(last.get("kv"), "bytes/token"),
+                     tables.number(last.get("kv_ratio")), tables.text(last.get("max_batch"))])
+    return [f"At batch {batch} (medians; mean over trials):", "", tables.markdown_table(headers, body), ""]
+
+
+def _sweep_section(con: duckdb.DuckDBPyConnection, figures: list[plots.FigureFile], out_dir: Path) -> list[str]:
+    """The scaling maps: the crossovers as lines, a table and the figures of each map; nothing without sweep rows."""
+    maps = [m for (m,) in con.execute("SELECT DISTINCT map FROM sweep WHERE rev = 'workspace' ORDER BY 1").fetchall()]
+    if not maps:
+        return []
+    out = ["## Scaling maps: latency and memory against context length and batch size", "",
+           "Each line of a map is one cell (`sweep_attention@<variant>`: our decoder at one shape, random weights; "
+           "`sweep_precision@<precision>`: one model at that precision) measured at every (context, batch) point of "
+           "its grid: TTFT (prefill), TPOT (median decode step, a synchronising logits processor per token), prefill "
+           "tokens/s, the KV cache counted from its tensors (and ÷ the analytic count) and the largest batch whose "
+           "weights + KV cache fit the memory budget. A crossover is the smallest measured x from which a line "
+           "decodes faster than the reference (mha; bf16) at every larger x; one-trial medians closer than the "
+           "machine's noise floor are not a real difference. Every point: `sweep.csv` · `efficientllm sql \"SELECT * "
+           "FROM sweep\"`; every crossover: `sweep_crossovers.csv`.", "", "### Crossovers", ""]
+    rows = tables.records(con, "SELECT * FROM sweep_crossovers WHERE rev = 'workspace' "
+                               "ORDER BY map, fixed_value, line")
+    shown = [r for r in rows if SWEEP_X_AXIS.get(r["map"]) == r["x_axis"]]
+    out += [_crossover_line(r) for r in shown] or ["No line was measured at two points beside its reference."]
+    out.append("")
+    for map_name in maps:
+        out += [f"### {map_name} map", "", *_sweep_table(con, map_name)]
+        for f in figures:
+            if f.kind == "sweep" and f.stage == f"sweep_{map_name}":
+                out += [f"![{f.title}]({f.path.relative_to(out_dir).as_posix()})", ""]
+    return out
+
+
 def render_index(con: duckdb.DuckDBPyConnection, n_files: int, title: str, claim_results: Sequence,
                  figures: list[plots.FigureFile], out_dir: Path, *, boards: dict, catalog: dict,
                  axes_with_rows: set[str]) -> str:
@@ -392,6 +464,7 @@ def render_index(con: duckdb.DuckDBPyConnection, n_files: int, title: str, claim
         lines += _index_axis_section(axis, axis_title, mine, catalog, figures, out_dir, failed_only=not mine)
     if not axes_with_rows:
         lines += ["No successful cells yet.", ""]
+    lines += _sweep_section(con, figures, out_dir)
     lines += _failures_section(con)
     lines += _sanity_section(con)
     lines += _assumptions_section(con)
@@ -445,6 +518,10 @@ def build_report(row_files: views.RowFiles, out_dir: str | os.PathLike, title: s
             _copy_atomic(con, f"SELECT * FROM leaderboard_{axis}", paths[f"leaderboard_{axis}"], "FORMAT csv, HEADER")
         paths["scores"] = out / "scores.csv"
         _copy_atomic(con, "SELECT * FROM scores", paths["scores"], "FORMAT csv, HEADER")
+        has_maps = con.execute("SELECT count(*) > 0 FROM sweep").fetchone()[0]
+        for view in ("sweep", "sweep_crossovers") if has_maps else ():  # the scaling maps: every point, crossover
+            paths[view] = out / f"{view}.csv"
+            _copy_atomic(con, f"SELECT * FROM {view}", paths[view], "FORMAT csv, HEADER")
         paths["rows_csv"] = out / "rows.csv"
         _copy_atomic(con, f"SELECT * EXCLUDE (latency_samples_s, rev, row_file) FROM rows {_ROW_ORDER}",
                      paths["rows_csv"], "FORMAT csv, HEADER")

@@ -364,4 +364,90 @@ def draw_figures(con: duckdb.DuckDBPyConnection, out_dir: str | Path, rev: str =
             path = folder / f"{kind}_{slug(b['stage'], b['board'])}.png"
             if draw(con, rev, b["axis"], b["stage"], b["board"], path):
                 drawn.append(FigureFile(kind, b["axis"], b["stage"], b["board"], path, title))
+    return drawn + draw_sweep_figures(con, folder, rev)
+
+
+# --- scaling maps (view `sweep`, efficientllm/sweep.py) -----------------------------------------------------------
+
+SWEEP_CONTEXT_PANELS: tuple[tuple[str, str, str], ...] = (
+    ("ttft_s_p50", "TTFT p50 (prefill)", "s"),
+    ("tpot_s_p50", "TPOT p50 (decode step)", "s"),
+    ("prefill_tokens_per_s", "prefill throughput", "tokens/s"),
+    ("kv_cache_bytes", "KV cache, counted from its tensors", "bytes"),
+    ("max_batch_in_budget", "largest batch in the memory budget", "sequences"),
+)
+"""Metric (a column of `sweep`), title and unit of each panel of a map's context-length figure."""
+SWEEP_BATCH_PANELS: tuple[tuple[str, str, str], ...] = (
+    ("tpot_s_p50", "TPOT p50 (decode step)", "s"),
+    ("decode_tokens_per_s", "decode throughput", "tokens/s"),
+)
+"""The same for a map's batch-size figure."""
+
+
+def _sweep_lines(con: duckdb.DuckDBPyConnection, rev: str, map_name: str, fixed: str, value: int,
+                 x: str) -> dict[str, list[dict[str, Any]]]:
+    """line -> its points along `x` at `fixed` = value (means over the ok trials), reference line first."""
+    metrics = {m for m, _, _ in (*SWEEP_CONTEXT_PANELS, *SWEEP_BATCH_PANELS)}
+    rows = tables.records(con, f"SELECT line, is_reference, {x} AS x, {', '.join(f'avg({m}) AS {m}' for m in metrics)} "
+                               f"FROM sweep WHERE rev = ? AND map = ? AND {fixed} = ? AND point_status = 'ok' "
+                               "GROUP BY line, is_reference, x ORDER BY NOT is_reference, line, x",
+                          [rev, map_name, value])
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["line"], []).append(r)
+    return out
+
+
+def sweep_figure(con: duckdb.DuckDBPyConnection, rev: str, map_name: str, x: str, fixed: str, value: int,
+                 path: Path) -> bool:
+    """One map's metrics against `x` (context or batch_size) at `fixed` = value, one line per line of the map (the
+    reference dashed); False when fewer than two x values were measured."""
+    lines = _sweep_lines(con, rev, map_name, fixed, value, x)
+    if not lines or max(len(points) for points in lines.values()) < 2:
+        return False
+    panels = SWEEP_CONTEXT_PANELS if x == "context" else SWEEP_BATCH_PANELS
+    fig = _new_figure(4.2 * len(panels), 4.4)
+    axes = fig.subplots(1, len(panels))
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.83, wspace=0.32)
+    ticks = sorted({p["x"] for points in lines.values() for p in points})
+    for ax, (metric, title, unit) in zip(axes, panels, strict=True):
+        shown, divisor = tables.display_unit(unit)
+        for line, points in lines.items():
+            xs = [p["x"] for p in points if p[metric] is not None]
+            ys = [p[metric] / divisor for p in points if p[metric] is not None]
+            ax.plot(xs, ys, "--" if points[0]["is_reference"] else "-", marker="o", markersize=3, label=line)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("context length (prompt tokens)" if x == "context" else "batch size (sequences)")
+        ax.set_ylabel(shown)
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    fixed_text = f"batch {value}" if fixed == "batch_size" else f"context {value}"
+    fig.suptitle(f"scaling map · {map_name}: against {'context length' if x == 'context' else 'batch size'} at "
+                 f"{fixed_text} (one line per {'variant' if map_name == 'attention' else 'precision'}; reference "
+                 "dashed; medians, mean over trials)", fontsize=10)
+    _save(fig, path)
+    return True
+
+
+def draw_sweep_figures(con: duckdb.DuckDBPyConnection, folder: Path, rev: str = "workspace") -> list[FigureFile]:
+    """Every map's context-length figure at each batch measured at two contexts or more, and its batch figure at the
+    context with the most batches measured (the longest of those); kind 'sweep', axis 'sweep'."""
+    drawn = []
+    for (map_name,) in con.execute("SELECT DISTINCT map FROM sweep WHERE rev = ? ORDER BY 1", [rev]).fetchall():
+        batches = con.execute("SELECT batch_size FROM sweep WHERE rev = ? AND map = ? AND point_status = 'ok' "
+                              "GROUP BY 1 HAVING count(DISTINCT context) > 1 ORDER BY 1", [rev, map_name]).fetchall()
+        contexts = con.execute("SELECT context FROM sweep WHERE rev = ? AND map = ? AND point_status = 'ok' GROUP BY 1 "
+                               "HAVING count(DISTINCT batch_size) > 1 ORDER BY count(DISTINCT batch_size) DESC, 1 DESC "
+                               "LIMIT 1", [rev, map_name]).fetchall()
+        plan = [("context", "batch_size", b) for (b,) in batches] + [("batch_size", "context", c) for (c,) in contexts]
+        for x, fixed, value in plan:
+            board = f"{x} · {fixed} {value}"
+            path = folder / f"sweep_{slug(map_name, 'by', x, 'at', fixed, str(value))}.png"
+            if sweep_figure(con, rev, map_name, x, fixed, value, path):
+                drawn.append(FigureFile("sweep", "sweep", f"sweep_{map_name}", board, path,
+                                        f"{map_name} map against {x.replace('_', ' ')} at {fixed.replace('_', ' ')} "
+                                        f"{value}"))
     return drawn

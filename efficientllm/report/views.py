@@ -57,6 +57,8 @@ VIEWS: tuple[str, ...] = (
     "pareto",
     "revision_diff",
     "sanity",
+    "sweep",
+    "sweep_crossovers",
 )
 """The views in load order, each made from SQL_DIR/<view>.sql except the per-axis views (`axis_sql`) and
 `leaderboard_<axis>` (`leaderboard_sql`). The
