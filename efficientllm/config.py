@@ -355,6 +355,10 @@ class FinetuneConfig(TrainingConfig):
     """Eval records answered by greedy generation for exact match (0: off; only records with an `answer`)."""
     max_new_tokens: int = field(default=64, metadata=_meta(min=1))
     """Generation budget of the exact-match check."""
+    answer_eval: str = field(default="generate", metadata=_meta(choices=("generate", "given_thought")))
+    """How exact match is taken: `generate` (the model writes its reasoning and the answer from the prompt) or
+    `given_thought` (it reads the record's reference <Thought> and writes the <Output>; multiple-choice records by
+    letter choice: efficientllm/answers.py), for reasoning too long to generate on the device."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -447,6 +451,9 @@ class QuantizeConfig(TrialsConfig):
     precision)."""
     ppl_batch_size: int = field(default=8, metadata=_meta(min=1))
     """Blocks per perplexity forward."""
+    task_limit: int | None = field(default=None, metadata=_meta(min=1))
+    """Documents per lm-eval task for this section's cells (the first ones: the same for every precision); None:
+    `eval.limit`. Sizes a slow model's workload without changing the other quantize stages' quality sets."""
     quality_gate_ratio: float = field(default=0.99, metadata=_meta(min=0.0, max=1.0, min_exclusive=True))
     """A cell passes the quality gate when its task score >= this x the bf16 cell's (MLPerf uses 0.99)."""
     seed: int = 1234
@@ -488,6 +495,28 @@ class QuantizeRealConfig(QuantizeConfig):
     laptop CPU without touching the pipeline's own quantize cells."""
 
 
+GGUF_SOURCES: dict[str, tuple[str, ...]] = {"package": ("package", "file"), "path": ("path",),
+                                            "hub": ("hub_id", "filename", "revision")}
+"""Kind of a GGUF model source -> the keys its spec takes (all but `revision` required); efficientllm.model_import."""
+
+
+def gguf_source_kind(spec: Mapping[str, Any], where: str) -> str:
+    """The kind of a GGUF model spec (package | path | hub); ConfigError for a spec that is none or several, lacks a
+    key its kind needs or has one it does not take."""
+    kinds = [k for k, keys in GGUF_SOURCES.items() if keys[0] in spec]
+    if len(kinds) != 1:
+        raise ConfigError(f"{where}: give exactly one of package (+ file), path, hub_id (+ filename), got "
+                          f"{sorted(spec) or 'nothing'}")
+    keys = GGUF_SOURCES[kinds[0]]
+    unknown = sorted(set(spec) - set(keys))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} for a {kinds[0]} source (allowed: {', '.join(keys)})")
+    missing = [k for k in keys if k != "revision" and (not isinstance(spec.get(k), str) or not spec[k])]
+    if missing:
+        raise ConfigError(f"{where}: a {kinds[0]} source needs {missing[0]!r} (a non-empty string)")
+    return kinds[0]
+
+
 @dataclass(frozen=True)
 class ImportModelConfig:
     """Pretrained models imported from GGUF files (stage `import_model@<slug>`, efficientllm/model_import.py)."""
@@ -499,8 +528,6 @@ class ImportModelConfig:
     """dtype of the saved weights: float32 keeps the dequantized values exactly (every precision loads from it)."""
 
     def __post_init__(self) -> None:
-        from efficientllm.model_import import GGUFImportError, source_kind
-
         for slug, spec in self.models.items():
             if not isinstance(slug, str) or not SLUG_RE.match(slug):
                 raise ConfigError(f"[import_model] models: bad slug {slug!r} (lowercase letters, digits, - and _)")
@@ -508,10 +535,7 @@ class ImportModelConfig:
                 raise ConfigError(f"[import_model] models: slug {slug!r} is taken by the pipeline's own models")
             if not isinstance(spec, Mapping):
                 raise ConfigError(f"[import_model] models.{slug}: expected a mapping, got {spec!r}")
-            try:
-                source_kind(spec, f"[import_model] models.{slug}")
-            except GGUFImportError as e:
-                raise ConfigError(str(e)) from None
+            gguf_source_kind(spec, f"[import_model] models.{slug}")
 
 
 def _default_eval_tasks() -> dict[str, Any]:
@@ -521,9 +545,10 @@ def _default_eval_tasks() -> dict[str, Any]:
 
 def _default_eval_metrics() -> dict[str, Any]:
     return {"efficientllm_cloze": "acc_mutual_info", "efficientllm_arith": "exact_match",
-            "efficientllm_arc_easy": "acc_norm", "efficientllm_mmlu": "acc", "leaderboard_mmlu_pro": "acc", "leaderboard_bbh": "acc_norm",
-            "leaderboard_gpqa": "acc_norm", "leaderboard_ifeval": "prompt_level_strict_acc",
-            "leaderboard_math_hard": "exact_match", "leaderboard_musr": "acc_norm"}
+            "efficientllm_arc_easy": "acc_norm", "efficientllm_mmlu": "acc", "leaderboard_mmlu_pro": "acc",
+            "leaderboard_bbh": "acc_norm", "leaderboard_gpqa": "acc_norm",
+            "leaderboard_ifeval": "prompt_level_strict_acc", "leaderboard_math_hard": "exact_match",
+            "leaderboard_musr": "acc_norm"}
 
 
 @dataclass(frozen=True)
