@@ -7,7 +7,9 @@ run after `measure_warmup_steps` optimizer steps: per-step latency (AL; device s
 PCU, peak memory, energy (AEC) and MFU against the measured peak FLOP/s. ST is samples / parameter / s with the
 paper's denominator, the model's total parameters (base + adapter); `extra` also has it per trainable parameter.
 Quality is the eval loss on held-out records (response tokens); where records carry an `answer` (the arith
-sources), greedy generation on a few of them gives exact-match accuracy as well.
+sources), greedy generation on a few of them gives exact-match accuracy as well, or, with `finetune.answer_eval:
+given_thought` (reasoning too long to generate on the device), the answer after the record's own reasoning
+(efficientllm/answers.py: exact match of the <Output>, letter choice for multiple-choice records).
 
 Outputs per cell: `<out>/adapter/` (peft format; for `freeze` the trained tensors, for `full` a pointer to
 merged/) and `<out>/merged/` (plain safetensors + tokenizer, the input of the quantization stage).
@@ -43,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from efficientllm.answers import given_thought_accuracy, left_padded
 from efficientllm.atomic import atomic_dir
 from efficientllm.checkpoint import (
     RUN_KNOBS,
@@ -67,6 +70,7 @@ from efficientllm.examples import EXAMPLES_FILE, ExampleLog
 from efficientllm.measure import metrics
 from efficientllm.measure.memory import RssSensor
 from efficientllm.measure.timing import Phases
+from efficientllm.model_import import import_facts
 from efficientllm.records import CellId, CellOutcome
 from efficientllm.techniques import (
     BASE_QUANTIZATION,
@@ -336,13 +340,9 @@ def exact_match(model: nn.Module, tokenizer: Any, records: list[dict[str, Any]],
         return {"exact_match": None, "exact_match_n": 0}
     prompts = [format_example(r, tokenizer, template=template, prompt_template=prompt_template)[0] for r in records]
     encoded = [tokenizer(p, add_special_tokens=(template == "plain"))["input_ids"] for p in prompts]
-    width = max(map(len, encoded))
     pad = tokenizer.pad_token_id
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for i, x in enumerate(encoded):  # left padding: every prompt ends where generation starts
-        ids[i, width - len(x):] = torch.as_tensor(x)
-        mask[i, width - len(x):] = 1
+    ids, mask = left_padded(encoded, pad)
+    width = ids.shape[1]
     was_training = model.training
     model.eval()
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
@@ -352,7 +352,7 @@ def exact_match(model: nn.Module, tokenizer: Any, records: list[dict[str, Any]],
     answers = [extract_output(t) for t in texts]
     correct = [a == r["answer"].strip() for a, r in zip(answers, records, strict=True)]
     hits = sum(correct)
-    return {"exact_match": hits / len(records), "exact_match_n": len(records),
+    return {"exact_match": hits / len(records), "exact_match_n": len(records), "protocol": "generate",
             "examples": [{"set": "exact_match", "stat": "ratio", "example": str(r.get("id", i)),
                           "value": float(c), "weight": 1.0} for i, (r, c) in enumerate(zip(records, correct,
                                                                                               strict=True))],
@@ -619,6 +619,8 @@ def data_facts(data: SFTData, sft: SFTConfig, em: dict[str, Any]) -> dict[str, A
         "exact_match": em["exact_match"],
         "exact_match_n": em["exact_match_n"],
         "exact_match_samples": em.get("exact_match_samples"),
+        "exact_match_protocol": em.get("protocol"),  # generate | given_thought (efficientllm.answers)
+        **{k: em[k] for k in ("exact_match_letter_n", "exact_match_skipped_long") if k in em},
         "template": data.train.template,
         "train_examples": len(data.train.input_ids),
         "train_truncated": data.train.n_truncated,
@@ -711,10 +713,11 @@ def _rank0_results(plain: nn.Module | None, tokenizer: Any, data: SFTData, *, sf
     if plain is not None:
         if cfg.gen_eval_examples:
             phases.start("exact match")
+            scorer = given_thought_accuracy if cfg.answer_eval == "given_thought" else exact_match
             with autocast:
-                em = exact_match(plain, tokenizer, data.eval_records[:cfg.gen_eval_examples],
-                                 template=data.train.template, prompt_template=sft.prompt_template,
-                                 max_new_tokens=cfg.max_new_tokens, device=device)
+                em = scorer(plain, tokenizer, data.eval_records[:cfg.gen_eval_examples],
+                            template=data.train.template, prompt_template=sft.prompt_template,
+                            max_new_tokens=cfg.max_new_tokens, device=device)
         if out_dir is not None:
             phases.start("save")
             saved = save_cell(plain, tokenizer, method, cfg, dtype, Path(out_dir),
@@ -807,6 +810,7 @@ def finetune_cell(*, cell: CellId, method: str, dataset: str, sft: SFTConfig, cf
             "base_model": cfg.base_model,
             "base_revision": cfg.base_revision,
             "base_source": cfg.base_source,
+            **import_facts(cfg.base_model),  # an imported base: the file it came from and the quantization it carries
             "n_params_base": base_params,
             "st_param_count": "n_params: all parameters of the model as trained (base + adapter), the paper's ST",
             "st_samples_per_trainable_param_s": metrics.st_samples_per_param_s(window_samples, counts["trainable"],

@@ -484,7 +484,8 @@ def quality(model: nn.Module, tokenizer: Any, blocks: np.ndarray, *, cfg: Any, e
                          examples=examples)
     with phases("tasks"):
         scores = run_tasks(model, tokenizer, tasks=tasks, metrics=eval_cfg.metrics, tasks_dir=eval_cfg.tasks_dir,
-                           device=device, batch_size=eval_cfg.batch_size, limit=eval_cfg.limit,
+                           device=device, batch_size=eval_cfg.batch_size,
+                           limit=eval_cfg.limit if cfg.task_limit is None else cfg.task_limit,
                            num_fewshot=eval_cfg.num_fewshot, data_files=eval_cfg.data_files,
                            apply_chat_template=eval_cfg.apply_chat_template, seed=cfg.seed)
     examples.extend(scores.examples)
@@ -542,19 +543,32 @@ def workload_inputs(model_ref: str | Path, revision: str | None, data_dir: Path,
     return stats, tokenizer, blocks, held_out_prompts(blocks, cfg.batch_size, cfg.prompt_len)
 
 
+def stored_bytes(model: nn.Module) -> dict[str, int]:
+    """`weight_bytes` of a model as loaded (the stored layout, before a kernel repacks it), with the bytes expected
+    of that layout (`expected`)."""
+    from efficientllm.techniques.quantization import expected_weight_bytes, weight_bytes
+
+    return {**weight_bytes(model), "expected": expected_weight_bytes(model)["expected_weight_bytes"]}
+
+
 def weight_facts(loaded: Any, n_params: int, held: dict[str, int], after_load: dict[str, int],
                  footprint: int | None) -> dict[str, Any]:
-    """The `extra` fields that say how the weights are held: nominal bits and bytes, the measured bytes (quantized
-    and not, during the passes and right after loading), the activation dtype and the quantizer's settings."""
+    """The `extra` fields that say how the weights are held: nominal bits and bytes, the bytes expected from the split
+    of quantized and unquantized parameters, the measured bytes (quantized and not, during the passes and right
+    after loading), the activation dtype and the quantizer's settings."""
     from efficientllm.provenance import package_version
-    from efficientllm.techniques.quantization import nominal_weight_bytes
+    from efficientllm.techniques.quantization import expected_weight_bytes, nominal_weight_bytes
 
+    expected = expected_weight_bytes(loaded.model)
     return {
         "nominal_bits": loaded.nominal_bits,
         "nominal_weight_bytes": nominal_weight_bytes(n_params, loaded.nominal_bits),
+        **expected,
+        "weight_bytes_vs_expected": held["total"] / expected["expected_weight_bytes"],
         "weight_bytes_quantized": held["quantized"],
         "weight_bytes_other": held["other"],
         "weight_bytes_after_load": after_load["total"],
+        "expected_weight_bytes_after_load": after_load.get("expected"),  # the stored layout (before any repack)
         "get_memory_footprint_bytes": footprint,
         "activation_dtype": str(loaded.activation_dtype).removeprefix("torch."),
         **{f"quant_{k}": v for k, v in loaded.details.items()},
@@ -572,6 +586,7 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
     """
     from efficientllm.measure import device_name, num_threads, resolve_device
     from efficientllm.measure.memory import RssSensor
+    from efficientllm.model_import import import_facts
     from efficientllm.models.accounting import count_parameters
     from efficientllm.techniques.quantization import PRECISIONS, REFERENCE_PRECISION, logical_param_count, weight_bytes
 
@@ -588,7 +603,7 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
         rss_after = RssSensor().read()
     model = loaded.model
     check_workload(cfg, getattr(model.config, "max_position_embeddings", None))
-    bytes_after_load = weight_bytes(model)
+    bytes_after_load = stored_bytes(model)
     footprint = model.get_memory_footprint() if hasattr(model, "get_memory_footprint") else None
     n_params = logical_param_count(model)
     counts = count_parameters(model)
@@ -638,6 +653,7 @@ def quantize_cell(*, cell: CellId, precision: str, model_ref: str | Path, revisi
             "rss_load_growth_bytes": rss_after[0] - rss_before[0] if rss_after and rss_before else None,
             "model_source": str(model_ref),
             "model_revision": revision,
+            **import_facts(model_ref),  # an imported model: the file it came from and the quantization it carries
             **latency.extra(),
             "tracker_pass_requests": tracked["requests"],
             "tracker_pass_generated_tokens": tracked["generated_tokens"],

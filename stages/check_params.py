@@ -3,9 +3,9 @@
 DVC deletes a stage's outputs before it runs the stage's command. A bad edit caught only by the stage itself
 (an unknown key, a misspelt slug) would cost the user that cell's model and row until the next good
 `dvc repro`. This stage is upstream of every other one: it parses every section, checks that every matrix
-slug is defined (recipes in `variants` and `vision_variants`, datasets, hub models, methods, precisions) and that
-every pretraining recipe (text and DiT) builds, and fails with one line naming the key and the nearest valid
-name; then nothing downstream runs and every existing output stays in place. Its out,
+slug is defined (recipes in `variants` and `vision_variants`, datasets, hub and imported models, methods,
+precisions) and that every pretraining recipe (text and DiT) builds, and fails with one line naming the key and
+the nearest valid name; then nothing downstream runs and every existing output stays in place. Its out,
 data/params_checked.json, lists only the sections checked (no values), so a params change re-runs just the
 stages that read the changed section.
 
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     matrix = parsed["matrix"]
     for key, slugs, known in (("finetune_methods", matrix.finetune_methods, METHODS),
                               ("quantize", matrix.quantize, PRECISIONS),
-                              ("quantize_sft", matrix.quantize_sft, PRECISIONS)):
+                              ("quantize_sft", matrix.quantize_sft, PRECISIONS),
+                              ("quantize_real", matrix.quantize_real, PRECISIONS)):
         for slug in slugs:
             if slug not in known:
                 raise ConfigError(f"[matrix] {key}: unknown slug {slug!r}{did_you_mean(slug, known)} "

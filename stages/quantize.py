@@ -1,5 +1,5 @@
-"""DVC stages `quantize@<precision>`, `quantize_sft@<precision>`, `quantize_hub@<model>-<precision>`: one model
-at one precision, measured.
+"""DVC stages `quantize@<precision>`, `quantize_sft@<precision>`, `quantize_hub@<model>-<precision>`,
+`quantize_real@<model>-<precision>`: one model at one precision, measured.
 
 Loads the model at the precision (efficientllm.techniques.quantization.PRECISIONS), runs the fixed greedy workload
 (latency pass, then the tracker pass), checks the largest batch in the memory budget, and scores held-out
@@ -15,6 +15,7 @@ device cannot run is a `status='skipped'` row with the reason; a cell that fails
 
     python -m stages.quantize --stage quantize --precision int4 --model base --model-dir models/pretrain/mha
     python -m stages.quantize --stage quantize_hub --precision int4 --hub-model qwen2p5-7b   # needs network
+    python -m stages.quantize --stage quantize_real --precision int4 --model smollm2 --model-dir models/import/smollm2
 """
 
 from __future__ import annotations
@@ -28,26 +29,32 @@ from stages.cells import CellRun, add_trial_argument, for_trial, run_cell
 
 DATA_DIR = Path("data/prepared")
 RESULTS_DIR = Path("results/quantize")
+SECTIONS = {"quantize": "quantize", "quantize_sft": "quantize", "quantize_hub": "quantize_hub",
+            "quantize_real": "quantize_real"}
+"""Stage -> the params section of its workload: hub and imported models have sections of their own, so a workload
+sized for them never re-runs or breaks the pipeline's own quantize cells."""
+PER_MODEL = ("quantize_hub", "quantize_real")
+"""Stages whose DVC matrix is model x precision (cells `<stage>@<model>-<precision>`)."""
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("stages.quantize", __doc__)
-    ap.add_argument("--stage", required=True, help="the DVC stage name: quantize | quantize_sft | quantize_hub")
+    ap.add_argument("--stage", required=True, choices=SECTIONS, help="the DVC stage name")
     ap.add_argument("--precision", required=True, help="precision slug (matrix.quantize)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model-dir", help="a save_pretrained directory made by an earlier stage (with --model)")
     src.add_argument("--hub-model", help="a slug of quantize_hub.models (hub id + revision)")
-    ap.add_argument("--model", help="slug of the --model-dir model in cell names: base | sft")
+    ap.add_argument("--model", help="slug of the --model-dir model in cell names: base | sft | an import_model slug")
     add_trial_argument(ap)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
 
     from efficientllm.config import SLUG_RE, ConfigError, load_section, read_params
 
+    if (args.hub_model is not None) != (args.stage == "quantize_hub"):
+        raise ConfigError("--hub-model goes with --stage quantize_hub, and every other stage takes --model-dir")
     params = read_params(args.params)
-    # hub cells have a section of their own (same keys + models): a paper-scale workload there never re-runs or
-    # breaks the pipeline's own quantize cells
-    section = "quantize_hub" if args.hub_model is not None else "quantize"
+    section = SECTIONS[args.stage]
     repeats = load_section(args.params, section, params)
     cfg = for_trial(repeats, args.trial, section)  # trial k > 0: seed + k with trial_seeds: vary
     eval_cfg = load_section(args.params, "eval", params)
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     check_workload(cfg, max_pos)
     cell = CellRun(
         module="stages.quantize", argv=argv, section=section, repeats=repeats,
-        label=f"{args.stage}@{name if args.hub_model is not None else args.precision}",  # the DVC stage name
+        label=f"{args.stage}@{name if args.stage in PER_MODEL else args.precision}",  # the DVC stage name
         identity=CellId(axis="quantize", stage=args.stage, cell=name, technique=args.precision, model=model_name,
                         trial=args.trial, seed=cfg.seed, batch_size=cfg.batch_size, seq_len=cfg.prompt_len),
         result_dir=RESULTS_DIR / name,

@@ -30,6 +30,7 @@ TINY_OVERRIDES = {
     # fine-tuning: one cell (lora on arith), a few steps; sft.max_seq_len stays 128 (RoPE base, any position)
     "matrix": {"pretrain": ["mha"], "finetune_methods": ["lora"], "finetune_datasets": ["arith"],
                "quantize": ["bf16", "int4"], "quantize_sft": ["bf16"],  # the bf16 reference + one bitsandbytes cell
+               "import_model": [], "quantize_real": [],  # the real model: tests/test_real_model_e2e.py
                "pretrain_vision": ["mha"], "finetune_vision": ["lora"],  # the vision axis: one cell each
                "sweep_attention": ["mha", "mqa"], "sweep_precision": ["bf16"]},  # scaling maps: a crossover to read
     "sft": {"datasets": {"arith": {"source": "arith", "n_examples": 48}}, "max_eval_examples": 8},

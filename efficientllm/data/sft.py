@@ -80,8 +80,11 @@ def _text_field(row: Mapping[str, Any], name: str, where: str) -> str:
     return value
 
 
-def openo1_record(row: Mapping[str, Any], where: str, index: int, source: str = "openo1") -> dict[str, Any]:
-    """One OpenO1-SFT row (`instruction`, `output`) as a normalised record; the output is kept as written."""
+def openo1_record(row: Mapping[str, Any], where: str, index: int, source: str = "openo1",
+                  answer_from_output: bool = False) -> dict[str, Any]:
+    """One OpenO1-SFT row (`instruction`, `output`) as a normalised record; the output is kept as written. Its
+    `answer` is the row's own (the arith generator's), or with `answer_from_output` the text of its <Output> part
+    (rows without one get none)."""
     if not isinstance(row, Mapping):
         raise SFTDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     instruction = _text_field(row, "instruction", where)
@@ -90,6 +93,8 @@ def openo1_record(row: Mapping[str, Any], where: str, index: int, source: str = 
            "source": source}
     if "answer" in row:  # OpenO1-format rows that carry a checkable answer (the arith generator's)
         rec["answer"] = _text_field(row, "answer", where)
+    elif answer_from_output and extract_output(output):
+        rec["answer"] = extract_output(output)
     return rec
 
 
@@ -106,6 +111,33 @@ def medical_o1_record(row: Mapping[str, Any], where: str, index: int, source: st
     if "answer" in row:
         rec["answer"] = _text_field(row, "answer", where)
     return rec
+
+
+MCQ_LETTERS = "ABCDEFGHIJ"
+MCQ_PROMPT = "Answer with the letter of the correct option."
+
+
+def medical_mcq_record(row: Mapping[str, Any], where: str, index: int, source: str = "medical_o1") -> dict[str, Any]:
+    """One medical-o1 row that is a multiple-choice question (`question`, `options` {letter: text}, `answer_idx`,
+    `Complex_CoT`) as a letter-choice record: the instruction lists the options, the CoT goes in <Thought>, and the
+    <Output> is the gold option (`answer_idx`: the data's gold, which some free-text `Response`s disagree with);
+    `answer` is its letter and `choices` the option letters, so the answer can be scored by letter choice."""
+    if not isinstance(row, Mapping):
+        raise SFTDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    question = _text_field(row, "question" if "question" in row else "Question", where)
+    options = row.get("options")
+    if not isinstance(options, Mapping) or not 2 <= len(options) <= len(MCQ_LETTERS) \
+            or sorted(options) != list(MCQ_LETTERS[:len(options)]):
+        raise SFTDataError(f"{where}: field 'options' must map the letters A, B, ... to option texts, got {options!r}")
+    letter = _text_field(row, "answer_idx", where).strip()
+    if letter not in options:
+        raise SFTDataError(f"{where}: answer_idx {letter!r} is not one of the options {', '.join(sorted(options))}")
+    cot = _text_field(row, "Complex_CoT", where)
+    listed = "\n".join(f"{k}. {_text_field(options, k, f'{where} options')}" for k in sorted(options))
+    instruction = f"{question.strip()}\n{listed}\n{MCQ_PROMPT}"
+    return {"id": _record_id(source, instruction, index), "instruction": instruction,
+            "output": thought_output(cot, f"{letter}. {options[letter].strip()}"), "answer": letter,
+            "choices": sorted(options), "source": source}
 
 
 # --- reading files -------------------------------------------------------------------------------------------
@@ -338,5 +370,12 @@ def load_split(data_dir: str | Path, name: str) -> list[dict[str, Any]]:
     path = Path(data_dir) / f"{name}.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"SFT split missing: {path} (run `dvc repro prepare_sft`)")
-    return [openo1_record(row, where, i, source=row.get("source", "openo1")) | {"id": row.get("id", str(i))}
-            for i, (where, row) in enumerate(read_jsonl(path))]
+    records = []
+    for i, (where, row) in enumerate(read_jsonl(path)):
+        rec = openo1_record(row, where, i, source=row.get("source", "openo1")) | {"id": row.get("id", str(i))}
+        if "choices" in row:  # a multiple-choice record (medical_mcq_record): its option letters
+            if not isinstance(row["choices"], list) or not all(isinstance(c, str) and c for c in row["choices"]):
+                raise SFTDataError(f"{where}: field 'choices' must be a list of option letters")
+            rec["choices"] = row["choices"]
+        records.append(rec)
+    return records

@@ -24,7 +24,7 @@ from typing import Any
 
 from efficientllm.data.arith import arith, arith_medical
 from efficientllm.data.files import expand_paths
-from efficientllm.data.sft import READERS, SFTDataError, medical_o1_record, openo1_record
+from efficientllm.data.sft import READERS, SFTDataError, medical_mcq_record, medical_o1_record, openo1_record
 
 OPENO1_HUB_ID = "O1-OPEN/OpenO1-SFT"
 MEDICAL_O1_HUB_ID = "FreedomIntelligence/medical-o1-reasoning-SFT"
@@ -67,26 +67,30 @@ def _take(rows: list[tuple[str, Any]], max_examples: int | None) -> list[tuple[s
 
 
 def openo1(*, path: str | list[str] | None = None, hub_id: str = OPENO1_HUB_ID, revision: str | None = None,
-           split: str = "train", data_files: str | list[str] | None = None,
-           max_examples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """OpenO1-SFT: local files when `path` is set (jsonl, JSON array or parquet), else the hub dataset."""
+           split: str = "train", data_files: str | list[str] | None = None, max_examples: int | None = None,
+           answer_from_output: bool = False, seed: int = 0) -> list[dict[str, Any]]:
+    """OpenO1-SFT: local files when `path` is set (jsonl, JSON array or parquet), else the hub dataset. With
+    `answer_from_output`, each record's <Output> text is its answer (exact match of the fine-tuned model's)."""
     del seed  # the rows are read in file order; the split is seeded later
     rows = _read_files(path, "openo1") if path is not None else _read_hub(
         hub_id, config=None, split=split, revision=revision, data_files=data_files)
-    return [openo1_record(row, where, i) for i, (where, row) in enumerate(_take(rows, max_examples))]
+    return [openo1_record(row, where, i, answer_from_output=answer_from_output)
+            for i, (where, row) in enumerate(_take(rows, max_examples))]
 
 
 def medical_o1(*, path: str | list[str] | None = None, hub_id: str = MEDICAL_O1_HUB_ID, config: str = "en",
                revision: str | None = None, split: str = "train", data_files: str | list[str] | None = None,
-               max_examples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+               max_examples: int | None = None, mcq: bool = False, seed: int = 0) -> list[dict[str, Any]]:
     """medical-o1-reasoning-SFT: local files when `path` is set, else the hub dataset's `config` (en, zh, en_mix,
-    zh_mix). Extra fields (options, Ground-True Answer, ...) are ignored."""
+    zh_mix). Extra fields (options, Ground-True Answer, ...) are ignored, unless `mcq`: then every row must be a
+    multiple-choice question (`question`, `options`, `answer_idx`; medical_mcq_record) and is scored by letter."""
     del seed
     if config not in MEDICAL_O1_CONFIGS:
         raise SFTDataError(f"medical_o1: config {config!r} is not one of {', '.join(MEDICAL_O1_CONFIGS)}")
     rows = _read_files(path, "medical_o1") if path is not None else _read_hub(
         hub_id, config=config, split=split, revision=revision, data_files=data_files)
-    return [medical_o1_record(row, where, i) for i, (where, row) in enumerate(_take(rows, max_examples))]
+    record = medical_mcq_record if mcq else medical_o1_record
+    return [record(row, where, i) for i, (where, row) in enumerate(_take(rows, max_examples))]
 
 
 SFT_SOURCES: dict[str, Callable[..., list[dict[str, Any]]]] = {

@@ -342,7 +342,9 @@ def lora_vs_rslora(rows: list[Row], compare: Compare) -> Verdict:
 def int4_compression(rows: list[Row], compare: Compare, nominal: float = 4.0, near: float = 3.0,
                      max_drop: float = 0.05, max_other_share: float = 0.25) -> Verdict:
     """int4 cuts the weights' bytes close to the nominal 4x (>= `near`, measured bytes: exact) at a small quality
-    drop: the 95 % CI of the drop against bf16 (a paired test on the same examples) below `max_drop`."""
+    drop: the 95 % CI of the drop against bf16 (a paired test on the same examples) below `max_drop`. When layers
+    kept in 16 bits are more than `max_other_share` of the int4 bytes, the whole-model ratio cannot say anything
+    about int4 (not measurable): the why gives the quantized layers' own ratio and the quality drop's CI."""
     by = {r["technique_key"]: r for r in rows}
     missing = tuple(t for t in ("int4", "bf16") if t not in by or by[t]["model_size_bytes"] is None)
     if missing:
@@ -351,26 +353,32 @@ def int4_compression(rows: list[Row], compare: Compare, nominal: float = 4.0, ne
     compression = bf16["model_size_bytes"] / int4["model_size_bytes"]
     drop = None if int4["quality_vs_bf16"] is None else 1.0 - int4["quality_vs_bf16"]
     drop_text = "—" if drop is None else (f"{drop:.1%}" if drop >= 0 else f"none ({-drop:.1%} better)")
+    expected = int4.get("expected_weight_bytes")
+    expected_text = f", {bf16['model_size_bytes'] / expected:.2f}× expected from its split" if expected else ""
     measured = (f"bf16 {tables.scaled(bf16['model_size_bytes'], 'bytes')} MiB -> int4 "
-                f"{tables.scaled(int4['model_size_bytes'], 'bytes')} MiB = {compression:.2f}× measured "
-                f"({nominal:.0f}× nominal); {int4.get('quality_metric') or 'quality'} drop {drop_text}")
+                f"{tables.scaled(int4['model_size_bytes'], 'bytes')} MiB = {compression:.2f}× measured"
+                f"{expected_text} ({nominal:.0f}× nominal); {int4.get('quality_metric') or 'quality'} drop {drop_text}")
     other = int4.get("weight_bytes_other")
     share = other / int4["model_size_bytes"] if other is not None and int4["model_size_bytes"] else None
+    c = compare({**bf16, "metric": "quality"}, {**int4, "metric": "quality"})  # bf16 - int4
+    if c.ci_low is not None:
+        higher = bf16.get("higher_is_better") is not False
+        scale = abs(c.a) or 1.0  # the bf16 score: the drop is relative to it
+        lo, hi = ((c.ci_low / scale, c.ci_high / scale) if higher else (-c.ci_high / scale, -c.ci_low / scale))
     if compression < near:
-        if share is not None and share > max_other_share:
+        if share is not None and share > max_other_share:  # the quality drop is still tested, and shown
+            layers = (bf16["model_size_bytes"] - other) / max(int4["model_size_bytes"] - other, 1.0)
+            quality = f"; quality drop 95% CI {lo:.1%} to {hi:.1%}" if c.ci_low is not None else ""
             return Verdict(NOT_MEASURABLE, measured, f"{share:.0%} of the int4 model's bytes are layers kept in 16 "
                                                      "bits (embeddings, norms, head): a model this small cannot "
-                                                     "approach 4×")
+                                                     f"approach 4× (its quantized layers: {layers:.2f}×){quality}",
+                           evidence=c.evidence() if c.ci_low is not None else "")
         return Verdict(DISAGREES, measured, f"measured compression {compression:.2f}× < {near:.0f}× (counted bytes)",
                        p=0.0, evidence="exact: counted weight bytes")
     if drop is None:
         return Verdict(NOT_MEASURABLE, measured, "no quality ratio to bf16")
-    c = compare({**bf16, "metric": "quality"}, {**int4, "metric": "quality"})  # bf16 - int4
     if c.ci_low is None:
         return _verdict(NOT_DISTINGUISHABLE, measured, f"no test of the quality drop ({c.note or c.method})", c)
-    higher = bf16.get("higher_is_better") is not False
-    scale = abs(c.a) or 1.0  # the bf16 score: the drop is relative to it
-    lo, hi = ((c.ci_low / scale, c.ci_high / scale) if higher else (-c.ci_high / scale, -c.ci_low / scale))
     if hi <= max_drop:  # an equivalence decision (the CI inside the margin): outside Holm's family, p stays None
         return Verdict(AGREES, measured, f"{compression:.2f}× at a quality drop whose 95% CI ({lo:.1%} to {hi:.1%}) "
                                          f"stays below {max_drop:.0%}", evidence=c.evidence())

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -285,6 +286,58 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
         else:
             other += sum(add(t) for t in own)
     return {"total": quantized + other, "quantized": quantized, "other": other}
+
+
+def expected_weight_bytes(model: nn.Module) -> dict[str, Any]:
+    """The bytes the weights should take, from the split of quantized and unquantized parameters and the format's
+    constants; `weight_bytes` (what is actually held) is checked against it.
+
+    - bitsandbytes 4-bit (NF4 / FP4): 4 bits per weight, plus one absmax per block of `blocksize` weights at the
+      width the layer holds it: with double quantization 8 bits plus one fp32 per group of the nested blocksize
+      (256) blocks (4 + 8/64 + 32/16384 = 4.127 bits per weight at blocksize 64), else fp32. On a CPU with
+      AVX512-BF16, bitsandbytes repacks a layer for its fused kernel on the first forward: the double quantization
+      is undone and the absmax held in bf16 (4 + 16/64 = 4.25 bits per weight), so the figure depends on when it
+      is taken (the quantize cell takes both after its passes, in the layout the kernels use);
+    - bitsandbytes int8 (LLM.int8): 8 bits per weight plus one fp32 scale per output row;
+    - every other parameter (embeddings, norms, a head left unquantized; every parameter of a float model) at its
+      dtype, a tied one once.
+    Each 4-bit layer adds its lookup tables (the 4-bit code; with double quantization the nested 8-bit map and its
+    offset). Buffers (e.g. rotary frequencies) are not in the expectation. Returns
+    `expected_weight_bytes` and `weight_split`: parameters and expected bytes on each side, and the quantized side's
+    expected bits per weight.
+    """
+    quantized_params = quantized_bytes = 0.0
+    seen: set[int] = set()
+    rest_params = rest_bytes = 0
+    for module in model.modules():
+        kind = type(module).__name__
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        weight = getattr(module, "weight", None)
+        if kind in ("Linear4bit", "LinearFP4", "LinearNF4") and weight is not None:
+            n = logical_numel(weight)
+            qs = weight.quant_state
+            blocks = math.ceil(n / qs.blocksize)
+            tables = [qs.code, *((qs.state2.code, qs.offset) if qs.nested else ())]  # per layer, not per block
+            constants = (blocks * qs.absmax.element_size() + sum(_nbytes(t) for t in tables)
+                         + (4 * math.ceil(blocks / qs.state2.blocksize) if qs.nested else 0))
+            quantized_params += n
+            quantized_bytes += n / 2 + constants
+            own = [p for p in own if p is not weight]
+        elif kind == "Linear8bitLt" and weight is not None:
+            quantized_params += weight.numel()
+            quantized_bytes += weight.numel() + 4 * module.out_features
+            own = [p for p in own if p is not weight]
+        rest_params += sum(p.numel() for p in own)
+        rest_bytes += sum(p.numel() * p.element_size() for p in own)
+    split = {"quantized_params": int(quantized_params), "quantized_bytes": int(quantized_bytes),
+             "quantized_bits_per_weight": 8 * quantized_bytes / quantized_params if quantized_params else None,
+             "unquantized_params": rest_params, "unquantized_bytes": rest_bytes}
+    return {"expected_weight_bytes": int(quantized_bytes) + rest_bytes, "weight_split": split}
+
+
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
 
 
 def logical_numel(p: torch.Tensor) -> int:
