@@ -90,7 +90,8 @@ def _stage(root: Path, method: str, params: str) -> tuple[dict, list[dict], str]
     # the ranks got the stage's own arguments, unchanged
     assert f"-m stages.finetune --method {method} --dataset arith --params {params}" in p.stdout, p.stdout
     cell = root / "results/finetune" / f"{method}-arith"
-    assert sorted(f.name for f in cell.iterdir()) == ["examples.jsonl", "loss.csv", "row.json", "trials"]  # rank 0's, once
+    # rank 0's files, once
+    assert sorted(f.name for f in cell.iterdir()) == ["examples.jsonl", "loss.csv", "row.json", "trials"]
     with (cell / "loss.csv").open() as f:
         curve = list(csv.DictReader(f))
     return json.loads((cell / "row.json").read_text()), curve, p.stdout
