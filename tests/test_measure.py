@@ -451,7 +451,8 @@ def test_cpu_model_name_fallback(tmp_path: Path):
     assert device.cpu_model_name(tmp_path / "missing")  # platform fallback, never empty
 
 
-def test_provenance_fields(tmp_path: Path):
+def test_provenance_fields(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "Passive")
     p = provenance.provenance(cwd=tmp_path)  # not a git repository
     expected = {
         "git_sha",
@@ -461,9 +462,13 @@ def test_provenance_fields(tmp_path: Path):
         "transformers_version",
         "peft_version",
         "hostname",
+        "omp_wait_policy",
         "timestamp_utc",
     }
     assert set(p) == expected and expected <= set(records.COLUMNS)
+    assert p["omp_wait_policy"] == "passive"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert provenance.provenance(cwd=tmp_path)["omp_wait_policy"] is None
     assert p["git_sha"] is None and p["git_dirty"] is None
     assert p["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
     assert datetime.fromisoformat(p["timestamp_utc"]).utcoffset().total_seconds() == 0
