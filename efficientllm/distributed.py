@@ -332,6 +332,7 @@ def aggregate_windows(payloads: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "amu_source": _source([p.get("amu_source") for p in payloads]),
         "pcu_ratio": pcu_ratio,
         "pcu_source": _source([p.get("pcu_source") for p in payloads]),
+        "other_cpu_cores": None,  # each rank counts the others as other processes: not a measure of other load
         "peak_mem_bytes": _sum([p.get("peak_mem_bytes") for p in payloads]),
         "peak_mem_source": _source([p.get("peak_mem_source") for p in payloads]),
         "energy_j": energy_j,

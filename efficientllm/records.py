@@ -146,6 +146,8 @@ SCHEMA: tuple[Column, ...] = (
     _c("amu_source", "VARCHAR", "nvml | rss"),
     _c("pcu_ratio", "DOUBLE", "average compute utilisation over the window (NVML util, or CPU time / wall / threads)"),
     _c("pcu_source", "VARCHAR", "nvml | cpu_time"),
+    _c("other_cpu_cores", "DOUBLE", "CPU other processes used during the window, in cores (machine busy CPU seconds - "
+                                    "this process's, per wall second); a busy machine's timings are not compared"),
     _c("mfu", "DOUBLE", "achieved FLOP/s / measured peak FLOP/s"),
     _c("flops_per_token", "DOUBLE", "analytic FLOPs per token of the measured work (fwd+bwd when training)"),
     _c("achieved_flops_per_s", "DOUBLE", "FLOPs per second achieved in the window"),

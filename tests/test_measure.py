@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -198,7 +199,7 @@ def test_cpu_utilization_from_fake_cpu_times():
     util = compute.UtilizationTracker(CPU, threads=2, cpu_time=FakeClock([1.0, 4.0]), clock=FakeClock([0.0, 2.0]))
     with util:
         pass
-    assert util.result == {"pcu_ratio": 0.75, "pcu_source": "cpu_time"}
+    assert util.result == {"pcu_ratio": 0.75, "pcu_source": "cpu_time", "other_cpu_cores": util.other_cpu_cores}
     # more CPU time than threads x wall (threads the denominator does not count) shows: 5 / (2 x 1) = 2.5, not a
     # clamped 1.0 that would hide the wrong denominator (the row's sanity checks flag a ratio above 1)
     util = compute.UtilizationTracker(CPU, threads=1, cpu_time=FakeClock([0.0, 5.0]), clock=FakeClock([0.0, 2.0]))
@@ -207,13 +208,36 @@ def test_cpu_utilization_from_fake_cpu_times():
     assert util.pcu_ratio == 2.5
 
 
+def test_other_processes_cpu_over_the_window():
+    # the machine was busy 3.0 CPU-seconds over 2 wall seconds, 1.0 of them ours: others used 1 core
+    assert compute.other_cpu_cores(3.0, 1.0, 2.0) == 1.0
+    assert compute.other_cpu_cores(1.0, 1.2, 2.0) == 0.0  # tick rounding never gives a negative load
+    assert compute.other_cpu_cores(1.0, 0.0, 0.1) is None  # too short for 10 ms ticks
+    # a real window: this process spins 0.3 s while a fake machine clock says 0.6 s more were busy
+    busy = iter([100.0, 100.6 + 0.3])
+    util = compute.UtilizationTracker(CPU, threads=1, system_busy=lambda: next(busy))
+    with util:
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.3:
+            pass
+    assert util.other_cpu_cores == pytest.approx(0.6 / 0.3, rel=0.25)
+    # and the real machine counter moves with our own work: others' share stays far below our spin
+    util = compute.UtilizationTracker(CPU, threads=1)
+    with util:
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.3:
+            pass
+    assert 0.0 <= util.other_cpu_cores < 2.0
+
+
 def test_gpu_utilization_time_weighted_from_fake_nvml_sensor():
     # util 40% at t=0, 80% at t=1, 80% at t=2: area = (40+80)/2 + 80 = 140 over 2 s -> 70% -> 0.7
     sensor = FakeGauge([(40.0, 100.0), (80.0, 100.0), (80.0, 100.0)], source="nvml")
     util = compute.UtilizationTracker(CUDA, interval_s=None, sensor=sensor, clock=FakeClock([0.0, 1.0, 2.0]))
     with util:
         util.sampler.sample()
-    assert util.result == {"pcu_ratio": pytest.approx(0.7), "pcu_source": "nvml"}
+    assert util.result == {"pcu_ratio": pytest.approx(0.7), "pcu_source": "nvml",
+                           "other_cpu_cores": util.other_cpu_cores}
 
 
 def test_peak_flops_cache_hit_does_not_recompute(tmp_path: Path):
@@ -332,7 +356,7 @@ def test_nvml_unavailable_degrades_to_rss_estimate_and_no_pcu(no_nvml, tmp_path:
     util = compute.UtilizationTracker(CUDA, interval_s=None)
     with util:
         pass
-    assert util.result == {"pcu_ratio": None, "pcu_source": None}
+    assert util.result == {"pcu_ratio": None, "pcu_source": None, "other_cpu_cores": util.other_cpu_cores}
 
 
 def test_fake_nvml_sensors_and_mid_window_errors(monkeypatch, tmp_path: Path):

@@ -304,3 +304,21 @@ def test_the_report_marks_only_what_the_test_says(tmp_path, with_floor):
         assert table["mla"]["AL ÷ mha"].endswith("≈") and not table["mqa"]["AL ÷ mha"].endswith(("≈", "?"))
     else:  # one trial each and no measured noise floor: no test of a timing difference
         assert table["mla"]["AL ÷ mha"].endswith("?") and table["mqa"]["AL ÷ mha"].endswith("?")
+
+
+def test_a_busy_machine_gives_no_one_trial_timing_verdict(tmp_path):
+    """freeze 0.10 s vs lora 0.25 s is far beyond a 2 % floor, but lora's window shared the machine with another job
+    (other processes used 0.9 cores): no verdict, and the why says whose window and how busy. Quiet, it is a verdict."""
+    _row(tmp_path, "noise", "noise_floor", "machine", extra={"cv": NOISE})
+    for other in (0.9, 0.02):
+        for cell, al in (("freeze", 0.10), ("lora", 0.25), ("dora", 0.30)):
+            _row(tmp_path, "finetune", "finetune", f"{cell}-arith", technique=cell, dataset="arith", model="base",
+                 al_s=al, other_cpu_cores=other if cell == "lora" else 0.01)
+        con = views.connect(str(tmp_path / "*" / "*" / "row.json"))
+        got = {(r.claim_id, r.board): r for r in claims.check_claims(con)}
+        freeze = got[("freeze-fastest", "base · arith")]
+        if other >= 0.25:
+            assert freeze.verdict == claims.NOT_DISTINGUISHABLE, freeze
+            assert "the machine was busy" in freeze.why and "lora-arith (0.90)" in freeze.why
+        else:
+            assert freeze.verdict == claims.AGREES, freeze

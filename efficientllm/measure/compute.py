@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pynvml
 import torch
 
@@ -45,6 +46,12 @@ class UtilizationTracker:
     CUDA (`nvml`): time-weighted mean of NVML utilisation / 100, sampled every `interval_s` on its
     own thread. Without NVML on a CUDA device the ratio is None (the CPU formula would describe the
     host, not the GPU).
+
+    On every device it also measures how busy the rest of the machine was: `other_cpu_cores`, the CPU
+    seconds every other process used during the window (the machine's busy time from `system_busy`,
+    minus this process's) per wall second, in cores. 0 means the machine was ours; on a 2-core machine
+    running 2 threads, 1.0 means another job took half of it, and a timing from that window says more
+    about the other job than about the cell (the report's one-trial timing tests refuse it).
     """
 
     def __init__(
@@ -55,10 +62,13 @@ class UtilizationTracker:
         cpu_time: Clock = time.process_time,
         clock: Clock = time.perf_counter,
         sensor: Any | None = None,
+        system_busy: Clock | None = None,
     ) -> None:
         device = device if device is not None else torch.device("cpu")
         self.cpu_time = cpu_time
         self.clock = clock
+        self.system_busy = system_busy or system_busy_s
+        self.other_cpu_cores: float | None = None
         self.threads = threads
         self.sampler: GaugeSampler | None = None
         if sensor is None and device.type == "cuda":
@@ -73,6 +83,8 @@ class UtilizationTracker:
 
     def __enter__(self) -> UtilizationTracker:
         self.pcu_ratio = None
+        self.other_cpu_cores = None
+        self._load0 = (time.perf_counter(), self.system_busy(), time.process_time())
         if self.sampler is not None:
             self.sampler.__enter__()
         elif self.source == "cpu_time":
@@ -88,10 +100,29 @@ class UtilizationTracker:
         elif self.source == "cpu_time":
             wall, cpu = self.clock() - self._wall0, self.cpu_time() - self._cpu0
             self.pcu_ratio = cpu_utilization(cpu, wall, self._threads)
+        wall0, busy0, own0 = self._load0
+        self.other_cpu_cores = other_cpu_cores(self.system_busy() - busy0, time.process_time() - own0,
+                                               time.perf_counter() - wall0)
 
     @property
     def result(self) -> dict[str, Any]:
-        return {"pcu_ratio": self.pcu_ratio, "pcu_source": self.source if self.pcu_ratio is not None else None}
+        return {"pcu_ratio": self.pcu_ratio, "pcu_source": self.source if self.pcu_ratio is not None else None,
+                "other_cpu_cores": self.other_cpu_cores}
+
+
+def system_busy_s() -> float:
+    """CPU seconds the whole machine has been busy since boot, summed over its CPUs (all but idle and iowait)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def other_cpu_cores(busy_s: float, own_s: float, wall_s: float) -> float | None:
+    """Cores' worth of CPU that other processes used over a window: (machine busy - own CPU) / wall, at least 0.
+
+    None for a window under 0.2 s: the kernel counts CPU time in ticks (10 ms), too coarse below that."""
+    if wall_s < 0.2:
+        return None
+    return max(busy_s - own_s, 0.0) / wall_s
 
 
 def cpu_utilization(cpu_s: float, wall_s: float, threads: int) -> float | None:

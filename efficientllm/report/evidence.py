@@ -8,7 +8,9 @@
   CPU): exact;
 - two or more trials on both sides: Welch's t-test over the trial values (`trial_metrics`);
 - one trial: the relative difference against this machine's noise floor (the latest `noise` row's CV of the
-  metric's family, `FLOOR_OF`); quality without examples or trials: no test.
+  metric's family, `FLOOR_OF`); quality without examples or trials: no test. A timing or energy figure from a
+  window in which other processes took `BUSY_CORES` or more of the machine (`other_cpu_cores`) is not compared
+  at all on one trial: the floor was measured on a quiet machine, and such a difference is the other job's;
 
 `cell_interval(...)` gives one cell's own 95 % interval of a metric: the bootstrap over its examples for quality,
 the t interval over trials, or, for AL with one trial, a moving-block bootstrap over its step samples.
@@ -38,6 +40,13 @@ FLOOR_OF: dict[str, str] = {
 }
 """Report metric -> the noise-floor column (efficientllm.measure.noise.NOISE_COLUMNS) whose CV stands for its
 run-to-run spread."""
+
+LOAD_SENSITIVE = frozenset({"al_s", "tokens_per_s", "aec_w", "pcu_ratio"})
+"""Floor families whose one-trial figures a busy machine moves (time, throughput, energy, utilisation)."""
+
+BUSY_CORES = 0.25
+"""Other processes' CPU during a window (`other_cpu_cores`) from which on a one-trial timing is not compared: a
+quarter of a core, what a background job on a small box takes (an idle VM measures about 0.01-0.05)."""
 
 
 class Evidence:
@@ -89,6 +98,13 @@ class Evidence:
             self._floor = {"cv": extra.get("cv") or {}}
         return self._floor["cv"].get(FLOOR_OF.get(metric, metric))
 
+    def busy(self, rev: str, stage: str, cells: tuple[str, str]) -> dict[str, float]:
+        """The cells (of the two) whose window had other processes using >= BUSY_CORES: cell -> cores."""
+        got = tables.records(self.con, "SELECT cell, max(other_cpu_cores) AS other FROM measured WHERE rev = ? AND "
+                                       "stage = ? AND cell IN (?, ?) AND status = 'ok' GROUP BY cell",
+                             [rev, stage, *cells])
+        return {r["cell"]: r["other"] for r in got if r["other"] is not None and r["other"] >= BUSY_CORES}
+
     def _model_mem_exact(self, rev: str, stage: str, cells: tuple[str, str]) -> bool:
         got = tables.records(self.con, "SELECT bool_and(model_mem_source = 'tensors') AS exact FROM measured WHERE "
                                        "rev = ? AND stage = ? AND cell IN (?, ?) AND status = 'ok'",
@@ -132,6 +148,13 @@ class Evidence:
         if metric == "quality":
             return stats.Comparison(ma, mb, ma - mb, None, None, None, "none", "1 trial each",
                                     "no per-example scores and one trial: no test of a quality difference")
+        if FLOOR_OF.get(metric, metric) in LOAD_SENSITIVE:
+            busy = self.busy(rev, stage, (a, b))
+            if busy:
+                who = ", ".join(f"{c} ({v:.2f})" for c, v in sorted(busy.items()))
+                return stats.Comparison(ma, mb, ma - mb, None, None, None, "none", "1 trial each",
+                                        f"the machine was busy: other processes used >= {BUSY_CORES:g} cores during "
+                                        f"the window of {who}; a one-trial timing needs the machine to itself")
         return stats.noise_floor_test(ma, mb, self.noise_cv(metric))
 
     def cell_interval(self, rev: str, stage: str, cell: str, metric: str) -> tuple[float, float] | None:
