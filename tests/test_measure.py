@@ -212,7 +212,7 @@ def test_other_processes_cpu_over_the_window():
     # the machine was busy 3.0 CPU-seconds over 2 wall seconds, 1.0 of them ours: others used 1 core
     assert compute.other_cpu_cores(3.0, 1.0, 2.0) == 1.0
     assert compute.other_cpu_cores(1.0, 1.2, 2.0) == 0.0  # tick rounding never gives a negative load
-    assert compute.other_cpu_cores(1.0, 0.0, 0.1) is None  # too short for 10 ms ticks
+    assert compute.other_cpu_cores(1.0, 0.0, 0.0) is None  # an empty window
     # a real window: this process spins 0.3 s while a fake machine clock says 0.6 s more were busy
     busy = iter([100.0, 100.6 + 0.3])
     util = compute.UtilizationTracker(CPU, threads=1, system_busy=lambda: next(busy))
@@ -497,3 +497,18 @@ def test_provenance_fields(tmp_path: Path, monkeypatch):
     assert p["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
     assert datetime.fromisoformat(p["timestamp_utc"]).utcoffset().total_seconds() == 0
     assert provenance.package_version("no-such-distribution-xyz") is None
+
+
+def test_a_paused_window_keeps_its_other_load_figure():
+    """A window paused between steps (checkpoint saves) has several segments, some a few ms long: the figure is
+    their time-weighted mean, never lost to one short segment."""
+    with MeasurementWindow(CPU, interval_s=None, watts_per_core=4.0) as w:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.2:
+            pass
+        with w.paused():
+            pass
+        with w.paused():
+            pass
+    other = w.result["other_cpu_cores"]
+    assert other is not None and other >= 0.0

@@ -119,8 +119,9 @@ def system_busy_s() -> float:
 def other_cpu_cores(busy_s: float, own_s: float, wall_s: float) -> float | None:
     """Cores' worth of CPU that other processes used over a window: (machine busy - own CPU) / wall, at least 0.
 
-    None for a window under 0.2 s: the kernel counts CPU time in ticks (10 ms), too coarse below that."""
-    if wall_s < 0.2:
+    None for an empty window. The kernel counts CPU time in ticks (10 ms), so a window of a few ticks reads
+    coarsely; a paused window's segments are averaged by their time (`window.combine_segments`)."""
+    if wall_s <= 0:
         return None
     return max(busy_s - own_s, 0.0) / wall_s
 
