@@ -46,7 +46,7 @@ LOAD_SENSITIVE = frozenset({"al_s", "tokens_per_s", "aec_w", "pcu_ratio"})
 
 BUSY_CORES = 0.25
 """Other processes' CPU during a window (`other_cpu_cores`) from which on a one-trial timing is not compared: a
-quarter of a core, what a background job on a small box takes (an idle VM measures about 0.01-0.05)."""
+quarter of a core, what a background job on a small box takes (the default run on a quiet VM reads 0.00-0.03)."""
 
 
 class Evidence:
