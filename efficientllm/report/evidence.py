@@ -3,7 +3,10 @@
 `Evidence(con).compare(rev, stage, cell_a, cell_b, metric)` picks (efficientllm.report.stats):
 
 - `quality` of two cells with per-example scores on the same examples (`example_scores`): a paired bootstrap
-  over the examples (and the trials of each cell);
+  over the examples (and the trials of each cell). Cells that *trained* a model (`TRAINED_STAGES`) need two or
+  more trials each: one training seed per cell leaves the seed-to-seed variation out of the interval (two fresh
+  clones of the default run, seeds 1234 and 1235, found "MLA lowest perplexity" and "MoE better than dense"
+  significant in opposite directions on one trial each), so one trial gives the difference, no interval, no p;
 - a count that does not vary between runs (weight bytes, KV-cache bytes per token, counted tensor memory on a
   CPU): exact;
 - two or more trials on both sides: Welch's t-test over the trial values (`trial_metrics`);
@@ -40,6 +43,9 @@ FLOOR_OF: dict[str, str] = {
 }
 """Report metric -> the noise-floor column (efficientllm.measure.noise.NOISE_COLUMNS) whose CV stands for its
 run-to-run spread."""
+
+TRAINED_STAGES = frozenset({"pretrain", "finetune", "pretrain_vision", "finetune_vision", "finetune_vlm"})
+"""Stages whose cells train the model they are judged on: their quality varies with the training seed."""
 
 LOAD_SENSITIVE = frozenset({"al_s", "tokens_per_s", "aec_w", "pcu_ratio"})
 """Floor families whose one-trial figures a busy machine moves (time, throughput, energy, utilisation)."""
@@ -136,7 +142,14 @@ class Evidence:
         if metric == "quality":
             aligned = self._aligned(rev, stage, a, b)
             if aligned is not None:
-                return stats.paired_bootstrap(*aligned)[0]
+                c = stats.paired_bootstrap(*aligned)[0]
+                seeds = min(s.values.shape[0] for s in (*aligned[0], *aligned[1]))
+                if stage in TRAINED_STAGES and seeds < 2:
+                    ci = f"[{c.ci_low:.4g}, {c.ci_high:.4g}]" if c.ci_low is not None else "none"
+                    return stats.Comparison(c.a, c.b, c.diff, None, None, None, "none", c.n,
+                                            f"one training seed per cell: the examples' CI {ci} leaves out "
+                                            "seed-to-seed variation; a verdict needs trials >= 2")
+                return c
         va, vb = self.trial_values(rev, stage, a, metric), self.trial_values(rev, stage, b, metric)
         if not va or not vb:
             return stats.Comparison(None, None, None, None, None, None, "none", "", "no value on one side")
