@@ -924,6 +924,15 @@ def did_you_mean(name: str, known: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def pick(entries: Mapping[str, Any], slug: str, where: str, what: str) -> Any:
+    """`entries[slug]`, or a ConfigError naming `where` (e.g. "[sft] datasets"), the nearest defined slug and every
+    defined one: the lookup of a stage's `--<what>` argument in its params section."""
+    if slug not in entries:
+        raise ConfigError(f"{where}: unknown {what} {slug!r}{did_you_mean(slug, entries)} "
+                          f"(defined: {', '.join(entries) or 'none'})")
+    return entries[slug]
+
+
 def check_references(params: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
     """Every section of a params file parsed, and every matrix slug defined where it points: pretrain slugs in
     `variants`, fine-tuning datasets in `sft.datasets`, hub models in `quantize_hub.models`, imported models in

@@ -26,13 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="model slug (import_model.models)")
     args = ap.parse_args(argv)
 
-    from efficientllm.config import ConfigError, did_you_mean, load_section
+    from efficientllm.config import load_section, pick
     from efficientllm.model_import import import_gguf
 
     cfg = load_section(args.params, "import_model")
-    if args.model not in cfg.models:
-        raise ConfigError(f"[import_model] models: unknown model {args.model!r}{did_you_mean(args.model, cfg.models)} "
-                          f"(defined: {', '.join(cfg.models) or 'none'})")
+    pick(cfg.models, args.model, "[import_model] models", "model")
     out = OUT_ROOT / args.model
     p = import_gguf(cfg.models[args.model], out, dtype=cfg.dtype, where=f"[import_model] models.{args.model}")
     print(json.dumps({"model": args.model, "out": str(out), "source": p["model_source"], "sha256": p["file_sha256"],

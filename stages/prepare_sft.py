@@ -25,11 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", required=True, help="dataset slug from sft.datasets")
     args = ap.parse_args(argv)
 
-    from efficientllm.config import ConfigError, load_section
+    from efficientllm.config import load_section, pick
 
     sft = load_section(args.params, "sft")
-    if args.dataset not in sft.datasets:
-        raise ConfigError(f"[sft] datasets: unknown dataset {args.dataset!r} (defined: {', '.join(sft.datasets)})")
+    pick(sft.datasets, args.dataset, "[sft] datasets", "dataset")
 
     from efficientllm.atomic import atomic_dir
     from efficientllm.data.sft import (

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
 
-    from efficientllm.config import SLUG_RE, ConfigError, load_section, read_params
+    from efficientllm.config import SLUG_RE, ConfigError, load_section, pick, read_params
 
     if (args.hub_model is not None) != (args.stage == "quantize_hub"):
         raise ConfigError("--hub-model goes with --stage quantize_hub, and every other stage takes --model-dir")
@@ -68,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.precision not in PRECISIONS:
         raise ConfigError(f"[matrix] quantize: unknown precision {args.precision!r} (known: {', '.join(PRECISIONS)})")
     if args.hub_model is not None:
-        if args.hub_model not in cfg.models:
-            raise ConfigError(f"[quantize_hub] models: unknown model {args.hub_model!r} "
-                              f"(defined: {', '.join(cfg.models) or 'none'})")
-        spec = cfg.models[args.hub_model]
+        spec = pick(cfg.models, args.hub_model, "[quantize_hub] models", "model")
         model_ref, revision, model_name = spec["id"], spec.get("revision"), spec["id"]
         name = f"{args.hub_model}-{args.precision}"
         from efficientllm.hub import hub_commit, is_commit
